@@ -1,0 +1,54 @@
+"""Input validation and the naming of numerical failures, shared by every public entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_batch(x, args, name: str = "x0") -> None:
+    """``x`` is a batch ``(B, *shape)`` of finite floats; per-sample ``args`` leaves match B."""
+    if np.ndim(x) < 2:
+        raise ValueError(
+            f"{name} must be a batch of shape (B, *sample_shape), got shape {np.shape(x)}; "
+            f"add a leading batch axis (x[None]) for a single sample."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or inf values.")
+
+
+def first_nonfinite(u: Callable, x0, args, num_steps: int = 64):
+    """Walk an Euler path of ``u`` from ``x0``; the first ``(t, sample index)`` where ``u`` or
+    the state is NaN/inf, or ``None`` when the whole path is finite."""
+    step = jax.jit(lambda t, x: u(t, x, args))
+    x = x0
+    h = 1.0 / num_steps
+    for i in range(num_steps):
+        t = jnp.asarray(i * h, dtype=x0.dtype)
+        v = step(t, x)
+        bad = ~np.asarray(jnp.all(jnp.isfinite(v.reshape(v.shape[0], -1)), axis=-1))
+        if bad.any():
+            return float(t), int(np.argmax(bad))
+        x = x + h * v
+    return None
+
+
+def nonfinite_message(u: Callable, x0, args, where: str) -> str:
+    """A message naming where a model first returned NaN/inf along an Euler path from ``x0``."""
+    found = first_nonfinite(u, x0, args)
+    if found is None:
+        return (
+            f"The model returned NaN or inf during {where}, at a point off the coarse Euler path "
+            f"used to locate it; check the model near t = 0 and t = 1 and its args."
+        )
+    t, index = found
+    return (
+        f"The model returned NaN or inf during {where}: first at t = {t:.4f} for sample {index}. "
+        f"Check the model (and its args) at that time; eps- and x1-prediction fields are "
+        f"singular at the ends of some schedulers (MATH.md section 3)."
+    )

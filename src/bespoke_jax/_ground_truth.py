@@ -1,0 +1,174 @@
+"""Ground truth: adaptive Dormand-Prince 5(4) solves of ``dx/dt = u_t(x)`` from t = 0 to 1.
+
+Each sample gets its own step-size controller (``jax.vmap`` over single-sample solves): a
+shared step over the batch lets the easiest samples set the accuracy of the hardest ones
+(BENCHMARKS.md measures both; ``per_sample=False`` gives the shared one).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._args import batch_axes
+from ._checks import check_batch, nonfinite_message
+
+# Dopri5 is FSAL: 6 new stage evaluations per step after the first.
+_EVALS_PER_STEP = 6
+
+
+class GroundTruth(NamedTuple):
+    """Result of ``ground_truth``.
+
+    Attributes:
+      x1: ``(B, *shape)``, the solution at t = 1.
+      nfe: batched model calls the solve made (the largest per-sample count).
+      nfe_per_sample: ``(B,)`` model calls each sample's own controller asked for.
+      xs: ``(B, S, *shape)`` at ``save_ts`` (``None`` when not asked for).
+      ts: the ``(S,)`` save times or ``None``.
+    """
+
+    x1: jax.Array
+    nfe: int
+    nfe_per_sample: np.ndarray
+    xs: jax.Array | None = None
+    ts: jax.Array | None = None
+
+
+def _checked(u: Callable) -> Callable:
+    def field(t, x, args):
+        out = u(t, x, args)
+        return eqx.error_if(
+            out,
+            ~jnp.all(jnp.isfinite(out)),
+            "The model returned NaN or inf during the ground-truth solve.",
+        )
+
+    return field
+
+
+@functools.partial(
+    jax.jit, static_argnames=("u", "rtol", "atol", "max_steps", "per_sample", "axes")
+)
+def _solve(u, x0, args, save_ts, *, rtol, atol, max_steps, per_sample, axes):
+    field = _checked(u)
+
+    def solve(x, a):
+        term = diffrax.ODETerm(lambda t, y, a: field(t, y, a))
+        subs = [diffrax.SubSaveAt(t1=True)]
+        if save_ts is not None:
+            subs.append(diffrax.SubSaveAt(ts=save_ts))
+        sol = diffrax.diffeqsolve(
+            term,
+            diffrax.Dopri5(),
+            t0=0.0,
+            t1=1.0,
+            dt0=None,
+            y0=x,
+            args=a,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            saveat=diffrax.SaveAt(subs=subs),
+            max_steps=max_steps,
+        )
+        steps = sol.stats["num_steps"] + sol.stats["num_rejected_steps"]
+        xs = sol.ys[1] if save_ts is not None else None
+        return sol.ys[0][-1], xs, steps
+
+    if not per_sample:
+        x1, xs, steps = solve(x0, args)
+        xs = None if xs is None else jnp.swapaxes(xs, 0, 1)
+        return x1, xs, jnp.full((x0.shape[0],), steps)
+
+    leaves, treedef = jax.tree.flatten(args)
+    mapped = axes.tree
+
+    def single(x, leaves):
+        a = jax.tree.unflatten(
+            treedef, [leaf[None] if ax == 0 else leaf for leaf, ax in zip(leaves, mapped)]
+        )
+        x1, xs, steps = solve(x[None], a)
+        return x1[0], None if xs is None else xs[:, 0], steps
+
+    return jax.vmap(single, in_axes=(0, list(mapped)))(x0, leaves)
+
+
+def ground_truth(
+    u: Callable,
+    x0,
+    *,
+    args=None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    save_ts=None,
+    max_steps: int = 4096,
+    per_sample: bool = True,
+) -> GroundTruth:
+    """Solve ``dx/dt = u(t, x, args)`` from ``x(0) = x0`` to t = 1 adaptively (Dopri5).
+
+    Args:
+      u: the velocity field; ``x`` of shape ``(B, *shape)``.
+      x0: ``(B, *shape)`` noise.
+      args: the field's args; leaves with leading axis B are per-sample.
+      rtol, atol: the PID controller's tolerances.
+      save_ts: optional increasing ``(S,)`` times in [0, 1] at which to save the path.
+      max_steps: accepted plus rejected steps allowed per sample.
+      per_sample: each sample with its own step size (default) or one shared step.
+
+    Raises:
+      ValueError: bad shapes or save times.
+      RuntimeError: the model returned NaN/inf (with the time where it first did) or the
+        solve did not converge within ``max_steps``.
+    """
+    x0 = jnp.asarray(x0)
+    check_batch(x0, args, "x0")
+    if save_ts is not None:
+        save_ts = jnp.asarray(save_ts, dtype=x0.dtype)
+        ts_np = np.asarray(save_ts)
+        if ts_np.ndim != 1 or np.any(np.diff(ts_np) <= 0) or ts_np[0] < 0 or ts_np[-1] > 1:
+            raise ValueError("save_ts must be a strictly increasing 1-D array inside [0, 1].")
+    axes_static = _Axes(args, x0.shape[0]) if per_sample else None
+    try:
+        x1, xs, steps = _solve(
+            u,
+            x0,
+            args,
+            save_ts,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+            per_sample=per_sample,
+            axes=axes_static,
+        )
+        x1 = jax.block_until_ready(x1)
+    except Exception as err:  # jax wraps the runtime error in a backend-specific type
+        text = str(err)
+        if "NaN or inf" in text:
+            raise RuntimeError(nonfinite_message(u, x0, args, "ground truth")) from None
+        if "maximum number of solver steps" in text:
+            raise RuntimeError(
+                f"The ground-truth solve did not converge within max_steps={max_steps} "
+                f"(rtol={rtol}, atol={atol}). Increase max_steps or loosen rtol/atol."
+            ) from None
+        raise
+    nfe_per_sample = np.asarray(steps) * _EVALS_PER_STEP + 1
+    return GroundTruth(x1, int(nfe_per_sample.max()), nfe_per_sample, xs, save_ts)
+
+
+class _Axes:
+    """The vmap axis (0 or None) of each leaf of ``args``, hashable for a static jit argument."""
+
+    def __init__(self, args, batch_size: int):
+        self.tree = tuple(batch_axes(jax.tree.leaves(args), batch_size))
+
+    def __hash__(self):
+        return hash(self.tree)
+
+    def __eq__(self, other):
+        return isinstance(other, _Axes) and self.tree == other.tree

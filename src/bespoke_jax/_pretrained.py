@@ -1,0 +1,201 @@
+"""Pre-trained flow-matching models shipped with the package, loaded offline.
+
+Each model ``NAME`` is two files in ``weights/``: ``NAME.msgpack`` (the network parameters, a
+pure dict serialised by ``flax.serialization``) and ``NAME.json`` (architecture, training
+config, training cost and sample-quality metrics measured at training time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, serialization
+
+from ._models import build_model
+from ._schedulers import Scheduler, scheduler_from_config
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+NAMES = ("checkerboard", "digits")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pretrained:
+    """A pre-trained velocity field and what is known about it.
+
+    Attributes:
+        name: the model's name.
+        velocity: ``u(t, x, args) -> dx/dt`` with ``t`` a scalar, ``x`` of shape ``(B, *shape)``
+            and ``args`` from ``.args`` (``None`` for an unconditional model). Pure; closes
+            over the weights.
+        shape: one sample's shape.
+        scheduler: the Gaussian path the model was trained on.
+        prediction: what the network predicts (``"velocity"``).
+        num_classes: number of classes of a class-conditional model, else ``None``.
+        identity: sha256 of the weights file (a key for caches of solutions).
+        training_cost: ``wall_seconds``, ``model_forwards`` (sample-forwards, steps x batch)
+            and ``num_params`` of the training run.
+        quality: sample-quality metrics measured after training.
+    """
+
+    name: str
+    velocity: Callable
+    shape: tuple[int, ...]
+    scheduler: Scheduler
+    prediction: str
+    num_classes: int | None
+    identity: str
+    training_cost: Mapping
+    quality: Mapping
+
+    @property
+    def null_label(self) -> int | None:
+        """The label of the unconditional field (``num_classes``), or ``None``."""
+        return self.num_classes
+
+    def args(self, labels=None, guidance=0.0):
+        """The ``args`` of ``.velocity``.
+
+        Args:
+            labels: class-conditional models only: ints ``(B,)`` in ``[0, num_classes]``, where
+                ``num_classes`` (``.null_label``) asks for the unconditional field.
+            guidance: classifier-free guidance scale ``w`` (scalar), giving
+                ``u = (1 + w) u_cond - w u_uncond``.
+
+        Returns:
+            ``None`` for an unconditional model, else ``{"labels": int32 (B,),
+            "guidance": float32 ()}``.
+        """
+        if self.num_classes is None:
+            if labels is not None or _concrete_nonzero(guidance):
+                raise ValueError(
+                    f"{self.name!r} is unconditional: call .args() without labels or guidance."
+                )
+            return None
+        if labels is None:
+            raise ValueError(
+                f"{self.name!r} is class-conditional: pass labels, ints of shape (B,) in "
+                f"[0, {self.num_classes}) (or {self.null_label} for the unconditional field)."
+            )
+        if not isinstance(labels, jax.core.Tracer):
+            values = np.asarray(labels)
+            if values.dtype.kind not in "iu" or values.ndim != 1:
+                raise ValueError(
+                    f"labels must be ints of shape (B,), got dtype {values.dtype} and shape "
+                    f"{values.shape}."
+                )
+            if values.size and (values.min() < 0 or values.max() > self.num_classes):
+                raise ValueError(
+                    f"labels must lie in [0, {self.num_classes}] ({self.null_label} is the null "
+                    f"label), got values from {values.min()} to {values.max()}."
+                )
+        guidance = jnp.asarray(guidance, jnp.float32)
+        if guidance.ndim != 0:
+            raise ValueError(f"guidance must be a scalar, got shape {guidance.shape}.")
+        return {"labels": jnp.asarray(labels, jnp.int32), "guidance": guidance}
+
+
+def _concrete_nonzero(value) -> bool:
+    return not isinstance(value, jax.core.Tracer) and bool(np.any(np.asarray(value) != 0))
+
+
+def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None) -> Callable:
+    """The field ``u(t, x, args)`` of a network applied to flattened samples."""
+
+    def forward(t, x, labels):
+        return nnx.merge(graphdef, state)(jnp.broadcast_to(t, x.shape[:1]), x, labels)
+
+    def velocity(t, x, args):
+        if x.shape[1:] != shape:
+            raise ValueError(f"x must have shape (B, *{shape}), got {x.shape}.")
+        flat = x.reshape(x.shape[0], -1)
+        t = jnp.asarray(t, flat.dtype)
+        if null_label is None:
+            return forward(t, flat, None).reshape(x.shape)
+        labels, w = args["labels"], args["guidance"]
+        if labels.shape != x.shape[:1]:
+            raise ValueError(
+                f"args['labels'] must have shape (B,) = {x.shape[:1]}, got {labels.shape}."
+            )
+
+        def guided(_):
+            # One forward pass of the doubled batch: conditional, then unconditional.
+            both = forward(
+                t,
+                jnp.concatenate([flat, flat]),
+                jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
+            )
+            cond, uncond = jnp.split(both, 2)
+            return (1.0 + w) * cond - w * uncond
+
+        # w = 0 needs only the conditional pass (d u / d w is not traced through that branch).
+        out = jax.lax.cond(w == 0, lambda _: forward(t, flat, labels), guided, None)
+        return out.reshape(x.shape)
+
+    return velocity
+
+
+def from_model(model: nnx.Module, metadata: Mapping, identity: str = "") -> Pretrained:
+    """A record around an in-memory network and its metadata (the ``NAME.json`` content)."""
+    graphdef, state = nnx.split(model)
+    shape = tuple(metadata["shape"])
+    num_classes = metadata["num_classes"]
+    return Pretrained(
+        name=metadata["name"],
+        velocity=_velocity(graphdef, state, shape, num_classes),
+        shape=shape,
+        scheduler=scheduler_from_config(metadata["scheduler"]),
+        prediction=metadata["prediction"],
+        num_classes=num_classes,
+        identity=identity,
+        training_cost=types.MappingProxyType(dict(metadata.get("training_cost", {}))),
+        quality=types.MappingProxyType(dict(metadata.get("quality", {}))),
+    )
+
+
+def save(directory, model: nnx.Module, metadata: Mapping) -> Path:
+    """Write ``NAME.msgpack`` and ``NAME.json`` into ``directory``; returns the weights path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pure = nnx.state(model).to_pure_dict()
+    path = directory / f"{metadata['name']}.msgpack"
+    path.write_bytes(serialization.msgpack_serialize(jax.tree.map(np.asarray, pure)))
+    (directory / f"{metadata['name']}.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
+
+
+def load(name: str, directory=WEIGHTS_DIR) -> Pretrained:
+    """Load model ``name`` from ``directory`` (no network access, no training)."""
+    directory = Path(directory)
+    weights, meta_path = directory / f"{name}.msgpack", directory / f"{name}.json"
+    if not (weights.is_file() and meta_path.is_file()):
+        raise ValueError(f"No model {name!r} in {directory}: expected {weights.name} and .json.")
+    metadata = json.loads(meta_path.read_text())
+    raw = weights.read_bytes()
+    model = build_model(metadata["architecture"])
+    state = nnx.state(model)
+    nnx.replace_by_pure_dict(state, serialization.msgpack_restore(raw))
+    nnx.update(model, state)
+    return from_model(model, metadata, identity=hashlib.sha256(raw).hexdigest())
+
+
+@functools.lru_cache(maxsize=None)
+def pretrained(name: str) -> Pretrained:
+    """A pre-trained model shipped with the package: ``"checkerboard"`` or ``"digits"``.
+
+    ``"checkerboard"``: unconditional 2-D points (shape ``(2,)``) on the dark squares of a 4x4
+    board on ``[-2, 2]^2``. ``"digits"``: 8x8 handwritten digits (shape ``(8, 8)``, pixels in
+    [-1, 1]), class-conditional with classifier-free guidance (10 classes, null label 10).
+    Both are CondOT flow-matching velocity fields. The record is cached: one object per name.
+    """
+    if name not in NAMES:
+        raise ValueError(f"Unknown pre-trained model {name!r}; valid names: {list(NAMES)}.")
+    return load(name)
