@@ -20,8 +20,8 @@ def batch_axes(args, batch_size: int):
 def take(args, index, batch_size: int):
     """The args of the samples at ``index`` (an integer array): per-sample leaves indexed."""
     return jax.tree.map(
-        lambda leaf: leaf[index]
-        if np.ndim(leaf) >= 1 and np.shape(leaf)[0] == batch_size
-        else leaf,
+        lambda leaf: (
+            leaf[index] if np.ndim(leaf) >= 1 and np.shape(leaf)[0] == batch_size else leaf
+        ),
         args,
     )

@@ -91,7 +91,8 @@ def _solve(u, x0, args, save_ts, *, rtol, atol, max_steps, per_sample, axes):
 
     def single(x, leaves):
         a = jax.tree.unflatten(
-            treedef, [leaf[None] if ax == 0 else leaf for leaf, ax in zip(leaves, mapped)]
+            treedef,
+            [leaf[None] if ax == 0 else leaf for leaf, ax in zip(leaves, mapped, strict=True)],
         )
         x1, xs, steps = solve(x[None], a)
         return x1[0], None if xs is None else xs[:, 0], steps

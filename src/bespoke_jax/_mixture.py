@@ -46,9 +46,9 @@ class GaussianMixture(eqx.Module):
 
     @classmethod
     def random(cls, key, num_components: int = 32, dim: int = 64, std: float = 0.05):
-        """Means uniform in ``[-1 + 3 std, 1 - 3 std]^d``, equal stds and weights: data in [-1, 1]."""
-        half_width = 1.0 - 3.0 * std
-        means = jax.random.uniform(key, (num_components, dim), minval=-half_width, maxval=half_width)
+        """Means uniform in ``[-1 + 3 std, 1 - 3 std]^d``, equal stds, equal weights."""
+        half = 1.0 - 3.0 * std
+        means = jax.random.uniform(key, (num_components, dim), minval=-half, maxval=half)
         return cls(means, jnp.full((num_components,), std), jnp.ones((num_components,)))
 
     @property
@@ -92,7 +92,7 @@ class GaussianMixture(eqx.Module):
         return u
 
     def prediction(self, scheduler: Scheduler, prediction: str):
-        """The exact model ``f(t, x, args)`` predicting ``"x1"``, ``"eps"``, ``"v"`` or ``"velocity"``."""
+        """The exact model ``f(t, x, args)`` predicting ``"x1"``, ``"eps"``, ``"v"`` or velocity."""
         if prediction == "velocity":
             return self.velocity(scheduler)
         if prediction not in ("x1", "eps", "v"):

@@ -8,7 +8,10 @@ network holds an exponential moving average (EMA) of the weights.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import sys
 import time
 from collections.abc import Callable
 
@@ -146,6 +149,8 @@ def fit_flow(
 
 CHECKERBOARD_ARCHITECTURE = {"dim": 2, "width": 128, "depth": 3, "time_dim": 32}
 DIGITS_ARCHITECTURE = {"dim": 64, "width": 256, "depth": 3, "time_dim": 64, "num_classes": 10}
+CHECKERBOARD_DEFAULTS = TrainConfig(steps=20000)
+DIGITS_DEFAULTS = TrainConfig(steps=20000)
 
 
 def _checkerboard_data(key, batch_size):
@@ -194,7 +199,11 @@ def train_pretrained(
         sample_data = _checkerboard_data
         data = "uniform on the 8 dark squares of a 4x4 board on [-2, 2]^2"
     elif name == "digits":
-        default, shape, num_classes = DIGITS_ARCHITECTURE, [8, 8], DIGITS_ARCHITECTURE["num_classes"]
+        default, shape, num_classes = (
+            DIGITS_ARCHITECTURE,
+            [8, 8],
+            DIGITS_ARCHITECTURE["num_classes"],
+        )
         sample_data = _digits_data()
         data = "sklearn load_digits, pixels / 16 scaled to [-1, 1], stratified 80/20 split, seed 0"
     else:
@@ -230,3 +239,32 @@ def train_pretrained(
     if out_dir is not None:
         _pretrained.save(out_dir, fit.model, metadata)
     return record, {**metadata, "losses": fit.losses}
+
+
+def main(name: str, argv: list[str] | None = None) -> dict:
+    """Command line of ``experiments/train_NAME.py``: train, evaluate, save and report.
+
+    Returns:
+        The saved metadata.
+    """
+    defaults = {"checkerboard": CHECKERBOARD_DEFAULTS, "digits": DIGITS_DEFAULTS}[name]
+    architecture = {"checkerboard": CHECKERBOARD_ARCHITECTURE, "digits": DIGITS_ARCHITECTURE}[name]
+    parser = argparse.ArgumentParser(description=f"Train the shipped {name!r} flow model.")
+    parser.add_argument("--out", default="runs/pretrained", help="output directory")
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(defaults, field.name)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(value), default=value)
+    for key in ("width", "depth"):
+        parser.add_argument(f"--{key}", type=int, default=architecture[key])
+    options = vars(parser.parse_args(argv))
+    out = options.pop("out")
+    architecture = {**architecture, "width": options.pop("width"), "depth": options.pop("depth")}
+    command = " ".join(
+        ["python -m", f"experiments.train_{name}", *(sys.argv[1:] if argv is None else argv)]
+    )
+    _, metadata = train_pretrained(name, TrainConfig(**options), architecture, out, command=command)
+    print(json.dumps({k: metadata[k] for k in ("training_cost", "quality")}, indent=2))
+    for miss in _model_quality.missed_targets(name, metadata["quality"]):
+        print(f"target missed: {miss}")
+    print(f"saved {name}.msgpack and {name}.json in {out}")
+    return metadata

@@ -2,12 +2,11 @@
 
 A model ``f(t, x, args)`` predicting ``f`` becomes the velocity ``u_t(x) = beta_t x + gamma_t f``:
 
-| prediction | beta_t | gamma_t |
-|---|---|---|
-| ``"velocity"`` | 0 | 1 |
-| ``"x1"`` (data) | sigma'/sigma | (alpha' sigma - alpha sigma')/sigma |
-| ``"eps"`` (noise x0) | alpha'/alpha | (sigma' alpha - sigma alpha')/alpha |
-| ``"v"`` = alpha x0 - sigma x1 | (alpha alpha' + sigma sigma')/(alpha^2 + sigma^2) | (alpha sigma' - sigma alpha')/(alpha^2 + sigma^2) |
+- ``"velocity"``: beta = 0, gamma = 1;
+- ``"x1"`` (data): beta = sigma'/sigma, gamma = (alpha' sigma - alpha sigma')/sigma;
+- ``"eps"`` (noise x0): beta = alpha'/alpha, gamma = (sigma' alpha - sigma alpha')/alpha;
+- ``"v"`` = alpha x0 - sigma x1: beta = (alpha alpha' + sigma sigma')/(alpha^2 + sigma^2),
+  gamma = (alpha sigma' - sigma alpha')/(alpha^2 + sigma^2).
 
 x1-prediction is singular at sigma = 0 (t = 1) and eps-prediction at alpha = 0 (t = 0): solvers
 never evaluate the model there except where the field is finite.
@@ -63,7 +62,7 @@ def to_velocity(f: Callable, scheduler: Scheduler, prediction: str) -> Callable:
 
 
 def data_prediction(u: Callable, scheduler: Scheduler) -> Callable:
-    """The data prediction of a velocity field, ``x1_hat = (sigma' x - sigma u) / (sigma' alpha - sigma alpha')``."""
+    """Data prediction of a velocity: ``(sigma' x - sigma u) / (sigma' alpha - sigma alpha')``."""
 
     def x1_hat(t, x, velocity):
         a, s = scheduler.alpha(t), scheduler.sigma(t)

@@ -187,7 +187,7 @@ def load(name: str, directory=WEIGHTS_DIR) -> Pretrained:
     return from_model(model, metadata, identity=hashlib.sha256(raw).hexdigest())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pretrained(name: str) -> Pretrained:
     """A pre-trained model shipped with the package: ``"checkerboard"`` or ``"digits"``.
 

@@ -129,7 +129,7 @@ class VP(Scheduler):
 
 @dataclasses.dataclass(frozen=True)
 class VE(Scheduler):
-    """Variance exploding in flow-matching time (EDM): ``alpha_t = 1``, ``sigma_t = sigma_max (1 - t)``.
+    """Variance exploding in flow-matching time (EDM): ``alpha = 1``, ``sigma = sigma_max (1 - t)``.
 
     Not a path from pure noise (``alpha_0 = 1``); used as the *target* of a scheduler change.
     """

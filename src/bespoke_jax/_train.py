@@ -88,7 +88,9 @@ def train(
         )
     n = x0_train.shape[0]
     if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be in [1, {n}] (the training set size), got {batch_size}.")
+        raise ValueError(
+            f"batch_size must be in [1, {n}] (the training set size), got {batch_size}"
+        )
     if steps < 1 or eval_every < 1:
         raise ValueError(f"steps and eval_every must be positive, got {steps}, {eval_every}.")
     key = jax.random.key(0) if key is None else key

@@ -1,0 +1,313 @@
+"""Exponential integrators in data prediction: DDIM, DPM-Solver++ (2M, 3M) and UniPC (bh2).
+
+On the grid ``t_i`` with ``alpha_i, sigma_i``, ``lambda_i = log(alpha_i / sigma_i)`` and
+``h_i = lambda_{i+1} - lambda_i``, every step is the first-order update (MATH.md section 5)
+
+    x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} expm1(-h_i) D_i,
+
+with ``D_i`` the data prediction ``m_i = x1_hat(t_i, x_i)`` (DDIM) or a multistep combination of
+``m_i, m_{i-1}, ...`` (Lu et al. 2022; Zhao et al. 2023). The data prediction is read off the
+velocity, ``x1_hat = (sigma' x - sigma u) / (sigma' alpha - sigma alpha')``, so each solver is a
+linear combination of ``x0`` and the velocities. The model is never evaluated at ``t = 1``: the
+last step goes into ``sigma = 0`` (``lambda = +inf``) and is first order, ``x_n = m_{n-1}``.
+``lambda`` is ``-inf`` at ``t = 0`` when ``alpha_0 = 0`` (CondOT, cosine); a history point there
+is infinitely far in ``lambda`` and drops out of the multistep corrections (their limit).
+
+Per-step coefficients are computed from the grid first (static orders per step), then one
+``lax.scan`` applies ``x_{i+1} = a_i x_i + sum_k c_{i,k} m_{i-k}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._outputs import data_prediction
+from .._schedulers import Scheduler
+from ._generic import ONE_PER_STEP, solver_grid
+from ._spec import require_scheduler
+
+
+def _log_snr(scheduler: Scheduler, t):
+    """``lambda_t``: ``-inf`` where ``alpha_t = 0``, ``+inf`` where ``sigma_t = 0``, finite gradients."""
+    alpha, sigma = scheduler.alpha(t), scheduler.sigma(t)
+    finite = (alpha > 0) & (sigma > 0)
+    lam = scheduler.log_snr(jnp.where(finite, t, 0.5))
+    return jnp.where(finite, lam, jnp.where(alpha > 0, jnp.inf, -jnp.inf))
+
+
+class _Grid:
+    """``alpha, sigma, lambda`` at the grid points and the first-order coefficients of each step."""
+
+    def __init__(self, scheduler: Scheduler, ts):
+        self.alpha, self.sigma = scheduler.alpha(ts), scheduler.sigma(ts)
+        lam = _log_snr(scheduler, ts)
+        self.h = lam[1:] - lam[:-1]
+        self.lam = lam
+        self.a = self.sigma[1:] / self.sigma[:-1]  # on x_i
+        self.phi1 = jnp.expm1(-self.h)  # h phi_1(h) of the papers
+        self.c0 = -self.alpha[1:] * self.phi1  # on m_i
+
+    def q(self, idx, k):
+        """``h_i / (lambda_i - lambda_{i-k})`` at steps ``idx`` (0 when ``lambda_{i-k} = -inf``)."""
+        return self.h[idx] / (self.lam[idx] - self.lam[idx - k])
+
+
+def _step_orders(order: int, steps: int, lower_order_final: bool) -> np.ndarray:
+    """Static order of each step: warm start ``min(order, i + 1)``, then lower order at the end."""
+    i = np.arange(steps)
+    orders = np.minimum(order, i + 1)
+    if lower_order_final:
+        orders = np.minimum(orders, steps - i)
+    orders[-1] = 1  # into sigma = 0 (lambda = +inf) only the first-order step is finite
+    return orders
+
+
+def _multistep_scan(x1_hat, x0, ts, a, coeffs, args):
+    """``m_i = x1_hat(t_i, x_i)``, ``x_{i+1} = a_i x_i + sum_k coeffs[i, k] m_{i-k}``: one NFE per step."""
+
+    def step(carry, inputs):
+        x, history = carry
+        t, a_i, c_i = inputs
+        history = jnp.concatenate([x1_hat(t, x, args)[None], history[:-1]])
+        return (a_i * x + jnp.tensordot(c_i, history, axes=1), history), None
+
+    history = jnp.zeros((coeffs.shape[1], *x0.shape), dtype=jnp.result_type(x0))
+    (x1, _), _ = lax.scan(step, (x0, history), (ts[:-1], a, coeffs))
+    return x1
+
+
+def _data_prediction(u: Callable, scheduler: Scheduler) -> Callable:
+    x1_hat = data_prediction(u, scheduler)
+    return lambda t, x, args: x1_hat(t, x, u(t, x, args))
+
+
+def ddim(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
+    """DDIM: the first-order exponential integrator in data prediction, one NFE per step.
+
+    ``x_{i+1} = (sigma_{i+1}/sigma_i) x_i + (alpha_{i+1} - sigma_{i+1} alpha_i / sigma_i) m_i``;
+    for a CondOT model this is exactly Euler.
+
+    Args:
+      u: the velocity field ``u(t, x, args)``.
+      x0: the noise, ``(B, *shape)``.
+      nfe: the number of steps (any ``nfe >= 1``).
+      args: passed to ``u``.
+      scheduler: the model's scheduler (required).
+      grid: ``"uniform"`` (default), ``"logsnr"``, ``"edm"`` or an ``(nfe + 1,)`` array.
+
+    Returns:
+      ``x1``, shape of ``x0``.
+    """
+    require_scheduler("ddim", scheduler)
+    ts = solver_grid("ddim", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    g = _Grid(scheduler, ts)
+    return _multistep_scan(_data_prediction(u, scheduler), x0, ts, g.a, g.c0[:, None], args)
+
+
+def _dpm_coefficients(g: _Grid, orders: np.ndarray):
+    """``(steps, order)`` weights on ``m_i, m_{i-1}, ...``: ``multistep_dpm_solver_*_update``."""
+    order = int(orders.max())
+    coeffs = jnp.zeros((orders.size, order), dtype=g.h.dtype).at[:, 0].set(g.c0)
+    idx = np.flatnonzero(orders == 2)
+    if idx.size:  # D = m_i + (1/2) D1_0, D1_0 = q0 (m_i - m_{i-1})
+        half = 0.5 * g.alpha[idx + 1] * g.phi1[idx] * g.q(idx, 1)
+        coeffs = coeffs.at[idx, 0].add(-half).at[idx, 1].set(half)
+    idx = np.flatnonzero(orders == 3)
+    if idx.size:
+        h, alpha = g.h[idx], g.alpha[idx + 1]
+        q0 = g.q(idx, 1)  # 1 / r0
+        q1 = h / (g.lam[idx - 1] - g.lam[idx - 2])  # 1 / r1
+        phi2 = g.phi1[idx] / h + 1.0
+        phi3 = phi2 / h - 0.5
+        # D1 = D1_0 + w (D1_0 - D1_1), D2 = v (D1_0 - D1_1); D1_0 = q0 (m_i - m_{i-1}),
+        # D1_1 = q1 (m_{i-1} - m_{i-2}); the update adds alpha (phi2 D1 - phi3 D2).
+        w = q1 / (q0 + q1)
+        v = q0 * q1 / (q0 + q1)
+        on_d10 = alpha * (phi2 * (1.0 + w) - phi3 * v)
+        on_d11 = alpha * (phi3 * v - phi2 * w)
+        coeffs = (
+            coeffs.at[idx, 0]
+            .add(on_d10 * q0)
+            .at[idx, 1]
+            .set(on_d11 * q1 - on_d10 * q0)
+            .at[idx, 2]
+            .set(-on_d11 * q1)
+        )
+    return coeffs
+
+
+def dpm_solver_pp(
+    u: Callable,
+    x0,
+    *,
+    nfe: int,
+    args=None,
+    scheduler=None,
+    grid=None,
+    order: int = 2,
+    lower_order_final: bool = True,
+) -> jax.Array:
+    """Multistep DPM-Solver++ (2M or 3M) in data prediction (Lu et al. 2022, Algorithm 2).
+
+    One NFE per step. Step ``i`` has order ``min(order, i + 1)`` (warm start); with
+    ``lower_order_final`` and fewer than 10 steps, also at most ``n - i`` (as the official
+    implementation); the last step, into ``sigma = 0``, is always first order. With
+    ``r = h_{i-1} / h_i``, 2M is ``D_i = (1 + 1/(2r)) m_i - (1/(2r)) m_{i-1}`` in the first-order
+    update; 3M adds the second difference (``multistep_dpm_solver_third_update``).
+
+    Args:
+      u: the velocity field ``u(t, x, args)``.
+      x0: the noise, ``(B, *shape)``.
+      nfe: the number of steps (any ``nfe >= 1``).
+      args: passed to ``u``.
+      scheduler: the model's scheduler (required).
+      grid: ``"uniform"`` (default), ``"logsnr"``, ``"edm"`` or an ``(nfe + 1,)`` array.
+      order: 2 or 3.
+      lower_order_final: lower the order of the final steps when ``nfe < 10``.
+
+    Returns:
+      ``x1``, shape of ``x0``.
+    """
+    require_scheduler("dpm_solver_pp", scheduler)
+    if order not in (2, 3):
+        raise ValueError(f"dpm_solver_pp supports order=2 or order=3, got {order!r}.")
+    ts = solver_grid("dpm_solver_pp", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    steps = ts.shape[0] - 1
+    g = _Grid(scheduler, ts)
+    orders = _step_orders(order, steps, lower_order_final and steps < 10)
+    coeffs = _dpm_coefficients(g, orders)
+    return _multistep_scan(_data_prediction(u, scheduler), x0, ts, g.a, coeffs, args)
+
+
+def _unipc_b(hh, p: int):
+    """``b_k = k! h phi_{k+1}(hh) / B(h)`` for ``k = 1..p`` with ``B(h) = expm1(hh)`` (bh2)."""
+    phi1 = jnp.expm1(hh)
+    phi_k = phi1 / hh - 1.0
+    b, factorial = [], 1.0
+    for k in range(1, p + 1):
+        b.append(phi_k * factorial / phi1)
+        factorial *= k + 1
+        phi_k = phi_k / hh - 1.0 / factorial
+    return jnp.stack(b, axis=-1)
+
+
+def _unipc_weights(qs, b, with_new: bool):
+    """Weights of ``m_{i-k} - m_i`` (and of ``m_{i+1} - m_i`` if ``with_new``) from ``R rho = b``.
+
+    With ``r_k = 1 / q_k`` and ``rho_k = q_k^(P-1) s_k`` the system ``sum_k r_k^(j-1) rho_k = b_j``
+    becomes ``sum_k q_k^(P-j) s_k (+ s_new) = b_j``, finite at ``q_k = 0``; the weight of
+    ``m_{i-k} - m_i`` is ``rho_k / r_k = q_k^P s_k``.
+
+    Args:
+      qs: ``(G, p - 1)``, the ``q_k`` of the history points of ``G`` steps.
+      b: ``(G, P)`` with ``P = p`` (corrector, ``with_new``) or ``p - 1`` (predictor).
+    """
+    size = b.shape[-1]
+    powers = size - 1 - np.arange(size)  # q^(P-j), j = 1..P
+    matrix = qs[:, None, :] ** powers[None, :, None]
+    if with_new:
+        matrix = jnp.concatenate([matrix, jnp.ones_like(matrix[..., :1])], axis=-1)
+    s = jnp.linalg.solve(matrix, b[..., None])[..., 0]
+    history = s[:, : qs.shape[1]] * qs**size
+    return history, (s[:, -1] if with_new else None)
+
+
+def _unipc_coefficients(g: _Grid, orders: np.ndarray):
+    """Predictor and corrector weights of ``multistep_uni_pc_bh_update`` (bh2, data prediction).
+
+    Returns:
+      ``(pred, corr, new)``: ``(steps, p)`` weights on ``m_i, m_{i-1}, ...`` for the predicted and
+      the corrected point, and ``(steps,)`` the corrector's weight on ``m_{i+1}``.
+    """
+    order = int(orders.max())
+    pred = jnp.zeros((orders.size, order), dtype=g.h.dtype).at[:, 0].set(g.c0)
+    corr, new = pred, jnp.zeros_like(g.h)
+    for p in range(1, order + 1):
+        idx = np.flatnonzero(orders == p)
+        if not idx.size:
+            continue
+        scale = -g.alpha[idx + 1] * g.phi1[idx]  # -alpha_t B(h): residuals enter with this weight
+        if p == 1:  # predictor: DDIM; corrector: rho_c = 1/2
+            new = new.at[idx].set(0.5 * scale)
+            corr = corr.at[idx, 0].add(-0.5 * scale)
+            continue
+        # q_k = 1 / r_k = h_i / (lambda_{i-k} - lambda_i) < 0 (0 for a point at lambda = -inf)
+        qs = -jnp.stack([g.q(idx, k) for k in range(1, p)], axis=-1)
+        b = _unipc_b(-g.h[idx], p)
+        if p == 2:  # the reference's simplified predictor, rho_p = 1/2
+            w_pred = 0.5 * qs
+        else:
+            w_pred, _ = _unipc_weights(qs, b[:, :-1], with_new=False)
+        w_corr, w_new = _unipc_weights(qs, b, with_new=True)
+        pred = pred.at[idx, 0].add(-scale * w_pred.sum(-1)).at[idx, 1:p].set(scale[:, None] * w_pred)
+        corr = (
+            corr.at[idx, 0]
+            .add(-scale * (w_corr.sum(-1) + w_new))
+            .at[idx, 1:p]
+            .set(scale[:, None] * w_corr)
+        )
+        new = new.at[idx].set(scale * w_new)
+    return pred, corr, new
+
+
+def unipc(
+    u: Callable,
+    x0,
+    *,
+    nfe: int,
+    args=None,
+    scheduler=None,
+    grid=None,
+    order: int = 2,
+    lower_order_final: bool = True,
+) -> jax.Array:
+    """Multistep UniPC (Zhao et al. 2023), ``B(h) = expm1(-h)`` (bh2), data prediction.
+
+    One NFE per step. Step ``i`` (order ``min(order, i + 1, n - i)`` with ``lower_order_final``)
+    predicts ``x_{i+1}`` with UniP, evaluates ``m_{i+1}`` there (the next step's model value, no
+    extra NFE) and corrects ``x_{i+1}`` with UniC using it; the last step (into ``sigma = 0``) is
+    the first-order predictor alone, ``x_n = m_{n-1}``. Follows ``multistep_uni_pc_bh_update`` of
+    the reference implementation, including its simplified ``rho = 1/2`` of the order-2 predictor
+    and of the order-1 corrector.
+
+    Args:
+      u: the velocity field ``u(t, x, args)``.
+      x0: the noise, ``(B, *shape)``.
+      nfe: the number of steps (any ``nfe >= 1``).
+      args: passed to ``u``.
+      scheduler: the model's scheduler (required).
+      grid: ``"uniform"`` (default), ``"logsnr"``, ``"edm"`` or an ``(nfe + 1,)`` array.
+      order: 1, 2 (default, UniPC-2) or 3.
+      lower_order_final: lower the order of the final steps to ``n - i``.
+
+    Returns:
+      ``x1``, shape of ``x0``.
+    """
+    require_scheduler("unipc", scheduler)
+    if order not in (1, 2, 3):
+        raise ValueError(f"unipc supports order=1, 2 or 3, got {order!r}.")
+    ts = solver_grid("unipc", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    steps = ts.shape[0] - 1
+    g = _Grid(scheduler, ts)
+    orders = _step_orders(order, steps, lower_order_final)
+    pred, corr, new = _unipc_coefficients(g, orders)
+    x1_hat = _data_prediction(u, scheduler)
+
+    def step(carry, inputs):
+        x, history = carry  # history: m_i, m_{i-1}, ..., newest first
+        t1, a, c_pred, c_corr, c_new = inputs
+        x_pred = a * x + jnp.tensordot(c_pred, history, axes=1)
+        m_new = x1_hat(t1, x_pred, args)
+        x = a * x + jnp.tensordot(c_corr, history, axes=1) + c_new * m_new
+        return (x, jnp.concatenate([m_new[None], history[:-1]])), None
+
+    history = jnp.zeros((pred.shape[1], *x0.shape), dtype=jnp.result_type(x0))
+    history = history.at[0].set(x1_hat(ts[0], x0, args))
+    inputs = (ts[1:-1], g.a[:-1], pred[:-1], corr[:-1], new[:-1])
+    (x, history), _ = lax.scan(step, (x0, history), inputs)
+    return g.a[-1] * x + g.c0[-1] * history[0]

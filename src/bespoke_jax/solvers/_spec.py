@@ -1,0 +1,65 @@
+"""What a baseline solver declares: its order and how it spends NFE on steps."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class NFERule:
+    """``nfe = nfe_per_step * steps - nfe_saved`` for ``steps >= 1``.
+
+    ``nfe_saved`` is what the final step saves (EDM's final Euler step: ``nfe = 2 N - 1``).
+    """
+
+    nfe_per_step: int = 1
+    nfe_saved: int = 0
+
+    def nfe(self, steps: int) -> int:
+        """The NFE of ``steps`` steps."""
+        return self.nfe_per_step * steps - self.nfe_saved
+
+    def valid(self) -> str:
+        """The valid NFE values, in words."""
+        if self.nfe_per_step == 1:
+            return "any integer >= 1"
+        if self.nfe_saved == 0:
+            return f"positive multiples of {self.nfe_per_step}"
+        first = ", ".join(str(self.nfe(steps)) for steps in (1, 2, 3))
+        return f"{self.nfe_per_step} * steps - {self.nfe_saved} for steps >= 1 ({first}, ...)"
+
+    def steps(self, nfe: int, name: str = "this solver") -> int:
+        """The number of steps that spends exactly ``nfe``; ``ValueError`` if there is none."""
+        integer = isinstance(nfe, int | np.integer) and not isinstance(nfe, bool)
+        steps, rest = divmod(int(nfe) + self.nfe_saved, self.nfe_per_step) if integer else (0, 0)
+        if rest or steps < 1:
+            raise ValueError(f"{name} cannot spend nfe={nfe!r}; valid NFE: {self.valid()}.")
+        return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSpec:
+    """A baseline solver and what it declares.
+
+    Attributes:
+      name: its name in ``bj.solvers``.
+      fn: ``fn(u, x0, *, nfe, args=None, scheduler=None, grid=None, ...) -> x1``.
+      order: the global order of convergence of the whole solve, boundary steps included.
+      rule: how NFE maps to steps.
+      requires_scheduler: whether ``scheduler`` must be given.
+    """
+
+    name: str
+    fn: Callable
+    order: int
+    rule: NFERule
+    requires_scheduler: bool = False
+
+
+def require_scheduler(name: str, scheduler) -> None:
+    """``ValueError`` naming the ``scheduler`` argument when it is missing."""
+    if scheduler is None:
+        raise ValueError(f"{name} needs the model's `scheduler` argument (e.g. bj.cond_ot()).")
