@@ -66,12 +66,14 @@ class FitResult:
         model: the network with the EMA weights.
         losses: ``(steps,)`` training loss of each step (raw, not EMA, weights).
         wall_seconds: wall time, compilation included.
+        cpu_seconds: CPU time of this process (all threads), less sensitive to a busy machine.
         model_forwards: sample-forwards of the network during training (steps x batch).
     """
 
     model: nnx.Module
     losses: np.ndarray
     wall_seconds: float
+    cpu_seconds: float
     model_forwards: int
 
 
@@ -97,7 +99,7 @@ def fit_flow(
     Returns:
         A ``FitResult``; ``model`` itself is left unchanged.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     graphdef, params = nnx.split(model)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0,
@@ -143,18 +145,13 @@ def fit_flow(
         model=nnx.merge(graphdef, carry[1]),
         losses=np.concatenate(losses),
         wall_seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
         model_forwards=config.steps * config.batch_size,
     )
 
 
-CHECKERBOARD_ARCHITECTURE = {"dim": 2, "width": 128, "depth": 3, "time_dim": 32}
-DIGITS_ARCHITECTURE = {"dim": 64, "width": 256, "depth": 3, "time_dim": 64, "num_classes": 10}
-CHECKERBOARD_DEFAULTS = TrainConfig(steps=20000)
-DIGITS_DEFAULTS = TrainConfig(steps=20000)
-
-
-def _checkerboard_data(key, batch_size):
-    return _model_data.checkerboard_sample(key, batch_size), None
+def _checkerboard_data():
+    return lambda key, batch_size: (_model_data.checkerboard_sample(key, batch_size), None)
 
 
 def _digits_data():
@@ -169,9 +166,50 @@ def _digits_data():
     return sample
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a shipped model is trained.
+
+    Attributes:
+        architecture: ``build_model`` keyword arguments (``num_classes`` for a conditional one).
+        config: the default optimisation settings.
+        shape: one sample's shape.
+        data: a description of the training data, for the metadata.
+        make_sampler: builds ``sample_data(key, batch_size) -> (x1 (B, d), labels or None)``.
+        quality: ``quality(record) -> dict`` of sample-quality metrics (``_model_quality``).
+    """
+
+    architecture: dict
+    config: TrainConfig
+    shape: tuple[int, ...]
+    data: str
+    make_sampler: Callable
+    quality: Callable
+
+
+RECIPES = {
+    "checkerboard": Recipe(
+        architecture={"dim": 2, "width": 128, "depth": 3, "time_dim": 32},
+        config=TrainConfig(steps=20000, batch_size=512, learning_rate=2e-3),
+        shape=(2,),
+        data="uniform on the 8 dark squares of a 4x4 board on [-2, 2]^2",
+        make_sampler=_checkerboard_data,
+        quality=_model_quality.checkerboard_quality,
+    ),
+    "digits": Recipe(
+        architecture={"dim": 64, "width": 192, "depth": 3, "time_dim": 64, "num_classes": 10},
+        config=TrainConfig(steps=12000),
+        shape=(8, 8),
+        data="sklearn load_digits, pixels / 16 scaled to [-1, 1], stratified 80/20 split, seed 0",
+        make_sampler=_digits_data,
+        quality=_model_quality.digits_quality,
+    ),
+}
+
+
 def train_pretrained(
     name: str,
-    config: TrainConfig,
+    config: TrainConfig | None = None,
     architecture: dict | None = None,
     out_dir=None,
     *,
@@ -183,46 +221,38 @@ def train_pretrained(
 
     Args:
         name: ``"checkerboard"`` or ``"digits"``.
-        config: optimisation settings.
-        architecture: network keyword arguments (``build_model``); the shipped one by default.
+        config: optimisation settings; the recipe's by default.
+        architecture: network keyword arguments (``build_model``); the recipe's by default.
         out_dir: where to write ``NAME.msgpack`` and ``NAME.json``; ``None`` writes nothing.
         command: the command line that reproduces the run, recorded in the metadata.
         progress: show a progress bar.
-        evaluate: measure sample quality (``_model_quality``) into ``metadata["quality"]``.
+        evaluate: measure sample quality into ``metadata["quality"]``.
 
     Returns:
         ``(record, metadata)``: the trained ``Pretrained`` record and its metadata dict, with
         ``metadata["losses"]`` the per-step training losses (not saved).
     """
-    if name == "checkerboard":
-        default, shape, num_classes = CHECKERBOARD_ARCHITECTURE, [2], None
-        sample_data = _checkerboard_data
-        data = "uniform on the 8 dark squares of a 4x4 board on [-2, 2]^2"
-    elif name == "digits":
-        default, shape, num_classes = (
-            DIGITS_ARCHITECTURE,
-            [8, 8],
-            DIGITS_ARCHITECTURE["num_classes"],
-        )
-        sample_data = _digits_data()
-        data = "sklearn load_digits, pixels / 16 scaled to [-1, 1], stratified 80/20 split, seed 0"
-    else:
-        raise ValueError(f"Unknown model {name!r}; valid names: {list(_pretrained.NAMES)}.")
-    architecture = dict(default if architecture is None else architecture)
+    if name not in RECIPES:
+        raise ValueError(f"Unknown model {name!r}; valid names: {list(RECIPES)}.")
+    recipe = RECIPES[name]
+    config = recipe.config if config is None else config
+    architecture = dict(recipe.architecture if architecture is None else architecture)
+    num_classes = recipe.architecture.get("num_classes")
     if architecture.get("num_classes") != num_classes:
         raise ValueError(f"{name!r} needs architecture['num_classes'] = {num_classes}.")
     model = build_model(architecture, seed=config.seed)
-    fit = fit_flow(model, sample_data, config, null_label=num_classes, progress=progress)
+    fit = fit_flow(model, recipe.make_sampler(), config, null_label=num_classes, progress=progress)
     metadata = {
         "name": name,
-        "shape": shape,
+        "shape": list(recipe.shape),
         "num_classes": num_classes,
         "scheduler": cond_ot().to_config(),
         "prediction": "velocity",
         "architecture": architecture,
-        "training": {**dataclasses.asdict(config), "data": data},
+        "training": {**dataclasses.asdict(config), "data": recipe.data},
         "training_cost": {
             "wall_seconds": round(fit.wall_seconds, 1),
+            "cpu_seconds": round(fit.cpu_seconds, 1),
             "model_forwards": fit.model_forwards,
             "num_params": num_params(fit.model),
             "final_loss": float(fit.losses[-config.steps_per_call :].mean()),
@@ -231,11 +261,7 @@ def train_pretrained(
     }
     record = _pretrained.from_model(fit.model, metadata)
     if evaluate:
-        quality_fn = {
-            "checkerboard": _model_quality.checkerboard_quality,
-            "digits": _model_quality.digits_quality,
-        }[name]
-        metadata["quality"] = quality_fn(record)
+        metadata["quality"] = recipe.quality(record)
     if out_dir is not None:
         _pretrained.save(out_dir, fit.model, metadata)
     return record, {**metadata, "losses": fit.losses}
@@ -247,21 +273,20 @@ def main(name: str, argv: list[str] | None = None) -> dict:
     Returns:
         The saved metadata.
     """
-    defaults = {"checkerboard": CHECKERBOARD_DEFAULTS, "digits": DIGITS_DEFAULTS}[name]
-    architecture = {"checkerboard": CHECKERBOARD_ARCHITECTURE, "digits": DIGITS_ARCHITECTURE}[name]
+    recipe = RECIPES[name]
     parser = argparse.ArgumentParser(description=f"Train the shipped {name!r} flow model.")
     parser.add_argument("--out", default="runs/pretrained", help="output directory")
     for field in dataclasses.fields(TrainConfig):
-        value = getattr(defaults, field.name)
+        value = getattr(recipe.config, field.name)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(value), default=value)
     for key in ("width", "depth"):
-        parser.add_argument(f"--{key}", type=int, default=architecture[key])
+        parser.add_argument(f"--{key}", type=int, default=recipe.architecture[key])
+    argv = sys.argv[1:] if argv is None else argv
     options = vars(parser.parse_args(argv))
     out = options.pop("out")
-    architecture = {**architecture, "width": options.pop("width"), "depth": options.pop("depth")}
-    command = " ".join(
-        ["python -m", f"experiments.train_{name}", *(sys.argv[1:] if argv is None else argv)]
-    )
+    architecture = {**recipe.architecture, "width": options.pop("width")}
+    architecture["depth"] = options.pop("depth")
+    command = " ".join(["python -m", f"experiments.train_{name}", *argv])
     _, metadata = train_pretrained(name, TrainConfig(**options), architecture, out, command=command)
     print(json.dumps({k: metadata[k] for k in ("training_cost", "quality")}, indent=2))
     for miss in _model_quality.missed_targets(name, metadata["quality"]):

@@ -97,7 +97,8 @@ class VelocityMLP(nnx.Module):
 
 def build_model(architecture: dict, seed: int = 0) -> VelocityMLP:
     """A freshly initialised network from its architecture config (the keyword arguments)."""
-    return VelocityMLP(**architecture, rngs=nnx.Rngs(seed))
+    # One compiled initialisation instead of an eager dispatch (and compile) per random op.
+    return nnx.jit(lambda: VelocityMLP(**architecture, rngs=nnx.Rngs(seed)))()
 
 
 def num_params(model: nnx.Module) -> int:

@@ -43,8 +43,8 @@ def solver_scheduler(name: str, scheduler: Scheduler | None, sigma0: float) -> S
     """
     if name not in SPECS:
         raise ValueError(f"Unknown solver {name!r}; valid names: {NAMES}.")
-    if not sigma0 > 0:
-        raise ValueError(f"sigma0 must be positive, got {sigma0}.")
+    if not 0 < sigma0 < np.inf:
+        raise ValueError(f"sigma0 must be positive and finite, got {sigma0}.")
     if scheduler is None and (SPECS[name].requires_scheduler or sigma0 != 1.0):
         need = f"init={name!r}" if SPECS[name].requires_scheduler else f"sigma0={sigma0}"
         raise ValueError(f"{need} needs the model's `scheduler` argument (e.g. bj.cond_ot()).")
@@ -68,7 +68,7 @@ def ns_coefficients(
       sigma0: the preconditioning scale.
 
     Returns:
-      The solver's ``NSCoefficients`` in float64.
+      The solver's ``NSCoefficients`` as float64 arrays (computed in the default float precision).
     """
     target = solver_scheduler(name, scheduler, sigma0)
     steps_for(name, nfe)

@@ -165,7 +165,7 @@ def save(directory, model: nnx.Module, metadata: Mapping) -> Path:
     """Write ``NAME.msgpack`` and ``NAME.json`` into ``directory``; returns the weights path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    pure = nnx.state(model).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(model))
     path = directory / f"{metadata['name']}.msgpack"
     path.write_bytes(serialization.msgpack_serialize(jax.tree.map(np.asarray, pure)))
     (directory / f"{metadata['name']}.json").write_text(json.dumps(metadata, indent=2) + "\n")
@@ -180,10 +180,9 @@ def load(name: str, directory=WEIGHTS_DIR) -> Pretrained:
         raise ValueError(f"No model {name!r} in {directory}: expected {weights.name} and .json.")
     metadata = json.loads(meta_path.read_text())
     raw = weights.read_bytes()
-    model = build_model(metadata["architecture"])
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, serialization.msgpack_restore(raw))
-    nnx.update(model, state)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(metadata["architecture"])))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, serialization.msgpack_restore(raw)))
+    model = nnx.merge(graphdef, state)
     return from_model(model, metadata, identity=hashlib.sha256(raw).hexdigest())
 
 

@@ -33,6 +33,7 @@ def atomic_write(path, data: bytes | str) -> Path:
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(raw)
+        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide reports from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -168,7 +169,7 @@ def _image_grid(arrays, path, max_samples, value_range, title) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(title)
+    axes[0, 0].set_title(title, loc="left", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -194,8 +195,9 @@ def _scatter_grid(arrays, path, title) -> Path:
 def plot_coefficients(coefficients: Mapping[str, np.ndarray], path, *, title: str = "") -> Path:
     """One panel per learned coefficient: vectors as curves, matrices as heatmaps.
 
-    A vector is drawn against ``coefficients["r"]`` when that key exists and has its length (the
-    BST grid in r), else against its index. A square matrix whose strict upper triangle is zero
+    A vector is drawn against ``coefficients["r"]`` (the BST grid in r) when that key exists and
+    the vector has its length or one less (values at all but the last point), else against its
+    index. A square matrix whose strict upper triangle is zero
     (BNS ``b``) shows only its lower triangle.
 
     Args:
@@ -215,8 +217,8 @@ def plot_coefficients(coefficients: Mapping[str, np.ndarray], path, *, title: st
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
     for ax, (name, value) in zip(axes.ravel(), panels.items(), strict=False):
         if value.ndim == 1:
-            use_r = r is not None and r.shape == value.shape
-            xs = r if use_r else np.arange(len(value))
+            use_r = r is not None and len(value) in (len(r), len(r) - 1)
+            xs = r[: len(value)] if use_r else np.arange(len(value))
             ax.plot(xs, value, marker="o", markersize=3)
             ax.set_xlabel("r" if use_r else "index")
             ax.grid(alpha=0.3)

@@ -85,7 +85,8 @@ class Cosine(Scheduler):
         return jnp.sin(0.5 * math.pi * jnp.asarray(t))
 
     def sigma(self, t):
-        return jnp.cos(0.5 * math.pi * jnp.asarray(t))
+        # cos(pi t / 2) as sin(pi (1 - t) / 2): exactly 0 at t = 1 (float32 cos gives -4e-8).
+        return jnp.sin(0.5 * math.pi * (1.0 - jnp.asarray(t)))
 
     def snr_inverse_ratio(self, num, den):
         return (2.0 / math.pi) * jnp.arctan2(num, den)

@@ -62,6 +62,7 @@ class UserModel:
       data_range: R of PSNR.
       guidance: the classifier-free guidance scale baked into ``make_args`` (``None``: none).
       forwards_per_call: network passes per call of ``velocity``.
+      identity: names the model in ground-truth caches (``None``: a probe hash of ``velocity``).
     """
 
     name: str
@@ -72,6 +73,7 @@ class UserModel:
     data_range: float = 2.0
     guidance: float | None = None
     forwards_per_call: int = 1
+    identity: str | None = None
 
     def noise(self, key, n: int) -> jax.Array:
         """``(n, *shape)`` standard normal float32 noise."""
@@ -191,4 +193,5 @@ def _shipped(name: str, guidance: float | None) -> UserModel:
         data_range=_DATA_RANGES[name],
         guidance=guidance,
         forwards_per_call=2 if guidance else 1,
+        identity=model.identity,
     )

@@ -52,10 +52,12 @@ def edm(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> j
     ts = solver_grid("edm", HEUN_FINAL_EULER, x0, nfe, grid, scheduler, default="edm")
     target = VE(KARRAS_SIGMA_MAX)
     ubar, transform = scheduler_change(u, scheduler, target)
-    levels = scheduler.sigma(ts[1:]) / scheduler.alpha(ts[1:])
+    # sigma = 0 is pinned at t = 1 (no gradient through VP's infinite sigma' there)
+    inner = jnp.where(ts[1:] < 1.0, ts[1:], 0.5)
+    levels = jnp.where(ts[1:] < 1.0, scheduler.sigma(inner) / scheduler.alpha(inner), 0.0)
     rs = jnp.concatenate([jnp.zeros((1,), ts.dtype), 1.0 - levels / KARRAS_SIGMA_MAX])
     rs = eqx.error_if(
-        rs, jnp.any(jnp.diff(rs) <= 0), "edm needs sigma_t / alpha_t < 80 at every t > 0 of the grid."
+        rs, jnp.any(jnp.diff(rs) <= 0), "edm needs sigma_t / alpha_t < 80 at every grid t > 0."
     )
 
     def heun_step(x, r):

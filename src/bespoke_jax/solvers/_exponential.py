@@ -19,6 +19,7 @@ Per-step coefficients are computed from the grid first (static orders per step),
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -32,22 +33,22 @@ from ._generic import ONE_PER_STEP, solver_grid
 from ._spec import require_scheduler
 
 
-def _log_snr(scheduler: Scheduler, t):
-    """``lambda_t``: ``-inf`` where ``alpha_t = 0``, ``+inf`` where ``sigma_t = 0``, finite gradients."""
-    alpha, sigma = scheduler.alpha(t), scheduler.sigma(t)
-    finite = (alpha > 0) & (sigma > 0)
-    lam = scheduler.log_snr(jnp.where(finite, t, 0.5))
-    return jnp.where(finite, lam, jnp.where(alpha > 0, jnp.inf, -jnp.inf))
-
-
 class _Grid:
-    """``alpha, sigma, lambda`` at the grid points and the first-order coefficients of each step."""
+    """``alpha, sigma, lambda`` at the grid points and the first-order coefficients of each step.
+
+    The data end ``t = 1`` is pinned to ``alpha = 1, sigma = 0, lambda = +inf`` (no gradient flows
+    through it: VP's ``sigma'`` is infinite there) and ``lambda = -inf`` where ``alpha = 0``.
+    """
 
     def __init__(self, scheduler: Scheduler, ts):
-        self.alpha, self.sigma = scheduler.alpha(ts), scheduler.sigma(ts)
-        lam = _log_snr(scheduler, ts)
-        self.h = lam[1:] - lam[:-1]
-        self.lam = lam
+        data_end = ts >= 1.0
+        ts = jnp.where(data_end, 0.5, ts)
+        self.alpha = jnp.where(data_end, 1.0, scheduler.alpha(ts))
+        self.sigma = jnp.where(data_end, 0.0, scheduler.sigma(ts))
+        noise_end = self.alpha <= 0.0
+        lam = scheduler.log_snr(jnp.where(noise_end, 0.5, ts))
+        self.lam = jnp.where(data_end, jnp.inf, jnp.where(noise_end, -jnp.inf, lam))
+        self.h = self.lam[1:] - self.lam[:-1]
         self.a = self.sigma[1:] / self.sigma[:-1]  # on x_i
         self.phi1 = jnp.expm1(-self.h)  # h phi_1(h) of the papers
         self.c0 = -self.alpha[1:] * self.phi1  # on m_i
@@ -57,18 +58,18 @@ class _Grid:
         return self.h[idx] / (self.lam[idx] - self.lam[idx - k])
 
 
-def _step_orders(order: int, steps: int, lower_order_final: bool) -> np.ndarray:
+def _step_orders(order: int, steps: int, lower_order_final: bool) -> tuple[int, ...]:
     """Static order of each step: warm start ``min(order, i + 1)``, then lower order at the end."""
     i = np.arange(steps)
     orders = np.minimum(order, i + 1)
     if lower_order_final:
         orders = np.minimum(orders, steps - i)
     orders[-1] = 1  # into sigma = 0 (lambda = +inf) only the first-order step is finite
-    return orders
+    return tuple(int(o) for o in orders)
 
 
 def _multistep_scan(x1_hat, x0, ts, a, coeffs, args):
-    """``m_i = x1_hat(t_i, x_i)``, ``x_{i+1} = a_i x_i + sum_k coeffs[i, k] m_{i-k}``: one NFE per step."""
+    """One NFE a step: ``m_i = x1_hat(t_i, x_i)``, ``x_{i+1} = a_i x_i + sum_k c_ik m_{i-k}``."""
 
     def step(carry, inputs):
         x, history = carry
@@ -105,12 +106,19 @@ def ddim(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> 
     """
     require_scheduler("ddim", scheduler)
     ts = solver_grid("ddim", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    a, coeffs = _dpm_coefficients(ts, scheduler, (1,) * (ts.shape[0] - 1))
+    return _multistep_scan(_data_prediction(u, scheduler), x0, ts, a, coeffs, args)
+
+
+@functools.partial(jax.jit, static_argnames=("scheduler", "orders"))
+def _dpm_coefficients(ts, scheduler: Scheduler, orders: tuple[int, ...]):
+    """``multistep_dpm_solver_*_update`` as weights, for the static order of each step.
+
+    Returns:
+      ``(a, coeffs)``: ``(steps,)`` weights on ``x_i``, ``(steps, order)`` on ``m_i, m_{i-1}, ...``
+    """
     g = _Grid(scheduler, ts)
-    return _multistep_scan(_data_prediction(u, scheduler), x0, ts, g.a, g.c0[:, None], args)
-
-
-def _dpm_coefficients(g: _Grid, orders: np.ndarray):
-    """``(steps, order)`` weights on ``m_i, m_{i-1}, ...``: ``multistep_dpm_solver_*_update``."""
+    orders = np.asarray(orders)
     order = int(orders.max())
     coeffs = jnp.zeros((orders.size, order), dtype=g.h.dtype).at[:, 0].set(g.c0)
     idx = np.flatnonzero(orders == 2)
@@ -138,7 +146,7 @@ def _dpm_coefficients(g: _Grid, orders: np.ndarray):
             .at[idx, 2]
             .set(-on_d11 * q1)
         )
-    return coeffs
+    return g.a, coeffs
 
 
 def dpm_solver_pp(
@@ -158,7 +166,8 @@ def dpm_solver_pp(
     ``lower_order_final`` and fewer than 10 steps, also at most ``n - i`` (as the official
     implementation); the last step, into ``sigma = 0``, is always first order. With
     ``r = h_{i-1} / h_i``, 2M is ``D_i = (1 + 1/(2r)) m_i - (1/(2r)) m_{i-1}`` in the first-order
-    update; 3M adds the second difference (``multistep_dpm_solver_third_update``).
+    update; 3M adds the second difference (``multistep_dpm_solver_third_update``). The first-order
+    first and last steps bound the global order of 2M and 3M to 2.
 
     Args:
       u: the velocity field ``u(t, x, args)``.
@@ -178,10 +187,9 @@ def dpm_solver_pp(
         raise ValueError(f"dpm_solver_pp supports order=2 or order=3, got {order!r}.")
     ts = solver_grid("dpm_solver_pp", ONE_PER_STEP, x0, nfe, grid, scheduler)
     steps = ts.shape[0] - 1
-    g = _Grid(scheduler, ts)
     orders = _step_orders(order, steps, lower_order_final and steps < 10)
-    coeffs = _dpm_coefficients(g, orders)
-    return _multistep_scan(_data_prediction(u, scheduler), x0, ts, g.a, coeffs, args)
+    a, coeffs = _dpm_coefficients(ts, scheduler, orders)
+    return _multistep_scan(_data_prediction(u, scheduler), x0, ts, a, coeffs, args)
 
 
 def _unipc_b(hh, p: int):
@@ -196,34 +204,58 @@ def _unipc_b(hh, p: int):
     return jnp.stack(b, axis=-1)
 
 
+def _vandermonde_solve(nodes, b):
+    """``s`` with ``sum_k nodes_k^(P-j) s_k = b_j`` for ``j = 1..P``, by the Lagrange basis.
+
+    ``s_k = sum_j l_{k,j} b_j / prod_{l != k} (z_k - z_l)`` where ``l_{k,j}`` are the coefficients,
+    highest power first, of ``prod_{l != k} (z - z_l)``. Shapes: ``nodes, b`` ``(G, P)``.
+    """
+    size = nodes.shape[-1]
+    s = []
+    for k in range(size):
+        poly, denominator = [jnp.ones_like(nodes[:, k])], jnp.ones_like(nodes[:, k])
+        for l in range(size):
+            if l != k:
+                z = nodes[:, l]
+                # poly * (x - z), highest power first
+                poly = [
+                    poly[0],
+                    *(c - z * d for c, d in zip(poly[1:], poly[:-1], strict=True)),
+                    -z * poly[-1],
+                ]
+                denominator = denominator * (nodes[:, k] - z)
+        s.append(sum(c * b[:, j] for j, c in enumerate(poly)) / denominator)
+    return jnp.stack(s, axis=-1)
+
+
 def _unipc_weights(qs, b, with_new: bool):
     """Weights of ``m_{i-k} - m_i`` (and of ``m_{i+1} - m_i`` if ``with_new``) from ``R rho = b``.
 
     With ``r_k = 1 / q_k`` and ``rho_k = q_k^(P-1) s_k`` the system ``sum_k r_k^(j-1) rho_k = b_j``
-    becomes ``sum_k q_k^(P-j) s_k (+ s_new) = b_j``, finite at ``q_k = 0``; the weight of
-    ``m_{i-k} - m_i`` is ``rho_k / r_k = q_k^P s_k``.
+    becomes ``sum_k q_k^(P-j) s_k (+ s_new) = b_j``: a Vandermonde system in the nodes ``q_k``
+    (and 1), finite at ``q_k = 0``; the weight of ``m_{i-k} - m_i`` is ``rho_k / r_k = q_k^P s_k``.
 
     Args:
       qs: ``(G, p - 1)``, the ``q_k`` of the history points of ``G`` steps.
       b: ``(G, P)`` with ``P = p`` (corrector, ``with_new``) or ``p - 1`` (predictor).
     """
-    size = b.shape[-1]
-    powers = size - 1 - np.arange(size)  # q^(P-j), j = 1..P
-    matrix = qs[:, None, :] ** powers[None, :, None]
-    if with_new:
-        matrix = jnp.concatenate([matrix, jnp.ones_like(matrix[..., :1])], axis=-1)
-    s = jnp.linalg.solve(matrix, b[..., None])[..., 0]
-    history = s[:, : qs.shape[1]] * qs**size
+    nodes = jnp.concatenate([qs, jnp.ones_like(qs[:, :1])], axis=-1) if with_new else qs
+    s = _vandermonde_solve(nodes, b)
+    history = s[:, : qs.shape[1]] * qs ** b.shape[-1]
     return history, (s[:, -1] if with_new else None)
 
 
-def _unipc_coefficients(g: _Grid, orders: np.ndarray):
+@functools.partial(jax.jit, static_argnames=("scheduler", "orders"))
+def _unipc_coefficients(ts, scheduler: Scheduler, orders: tuple[int, ...]):
     """Predictor and corrector weights of ``multistep_uni_pc_bh_update`` (bh2, data prediction).
 
     Returns:
-      ``(pred, corr, new)``: ``(steps, p)`` weights on ``m_i, m_{i-1}, ...`` for the predicted and
-      the corrected point, and ``(steps,)`` the corrector's weight on ``m_{i+1}``.
+      ``(a, pred, corr, new)``: ``(steps,)`` weights on ``x_i``; ``(steps, order)`` weights on
+      ``m_i, m_{i-1}, ...`` for the predicted and the corrected point; ``(steps,)`` the
+      corrector's weight on ``m_{i+1}``.
     """
+    g = _Grid(scheduler, ts)
+    orders = np.asarray(orders)
     order = int(orders.max())
     pred = jnp.zeros((orders.size, order), dtype=g.h.dtype).at[:, 0].set(g.c0)
     corr, new = pred, jnp.zeros_like(g.h)
@@ -244,7 +276,9 @@ def _unipc_coefficients(g: _Grid, orders: np.ndarray):
         else:
             w_pred, _ = _unipc_weights(qs, b[:, :-1], with_new=False)
         w_corr, w_new = _unipc_weights(qs, b, with_new=True)
-        pred = pred.at[idx, 0].add(-scale * w_pred.sum(-1)).at[idx, 1:p].set(scale[:, None] * w_pred)
+        pred = (
+            pred.at[idx, 0].add(-scale * w_pred.sum(-1)).at[idx, 1:p].set(scale[:, None] * w_pred)
+        )
         corr = (
             corr.at[idx, 0]
             .add(-scale * (w_corr.sum(-1) + w_new))
@@ -252,7 +286,7 @@ def _unipc_coefficients(g: _Grid, orders: np.ndarray):
             .set(scale[:, None] * w_corr)
         )
         new = new.at[idx].set(scale * w_new)
-    return pred, corr, new
+    return g.a, pred, corr, new
 
 
 def unipc(
@@ -273,7 +307,8 @@ def unipc(
     extra NFE) and corrects ``x_{i+1}`` with UniC using it; the last step (into ``sigma = 0``) is
     the first-order predictor alone, ``x_n = m_{n-1}``. Follows ``multistep_uni_pc_bh_update`` of
     the reference implementation, including its simplified ``rho = 1/2`` of the order-2 predictor
-    and of the order-1 corrector.
+    and of the order-1 corrector. The first-order last step bounds the global order to 2 (UniPC-2
+    shows order 3 where the end steps are short, e.g. on the ``"logsnr"`` grid).
 
     Args:
       u: the velocity field ``u(t, x, args)``.
@@ -292,22 +327,25 @@ def unipc(
     if order not in (1, 2, 3):
         raise ValueError(f"unipc supports order=1, 2 or 3, got {order!r}.")
     ts = solver_grid("unipc", ONE_PER_STEP, x0, nfe, grid, scheduler)
-    steps = ts.shape[0] - 1
-    g = _Grid(scheduler, ts)
-    orders = _step_orders(order, steps, lower_order_final)
-    pred, corr, new = _unipc_coefficients(g, orders)
+    orders = _step_orders(order, ts.shape[0] - 1, lower_order_final)
+    a, pred, corr, new = _unipc_coefficients(ts, scheduler, orders)
     x1_hat = _data_prediction(u, scheduler)
+    # Scan step i evaluates m_i at the predicted point, completes the correction of step i - 1
+    # with it (step -1 is the identity x_0 = x0) and predicts x_{i+1}; the last prediction, a
+    # first-order step, is x_n.
+    a_prev = jnp.concatenate([jnp.ones_like(a[:1]), a[:-1]])
+    corr_prev = jnp.concatenate([jnp.zeros_like(corr[:1]), corr[:-1]])
+    new_prev = jnp.concatenate([jnp.zeros_like(new[:1]), new[:-1]])
 
     def step(carry, inputs):
-        x, history = carry  # history: m_i, m_{i-1}, ..., newest first
-        t1, a, c_pred, c_corr, c_new = inputs
-        x_pred = a * x + jnp.tensordot(c_pred, history, axes=1)
-        m_new = x1_hat(t1, x_pred, args)
-        x = a * x + jnp.tensordot(c_corr, history, axes=1) + c_new * m_new
-        return (x, jnp.concatenate([m_new[None], history[:-1]])), None
+        x_prev, x_pred, history = carry  # history: m_{i-1}, m_{i-2}, ..., newest first
+        t, a_p, c_corr, c_new, a_i, c_pred = inputs
+        m = x1_hat(t, x_pred, args)
+        x = a_p * x_prev + jnp.tensordot(c_corr, history, axes=1) + c_new * m
+        history = jnp.concatenate([m[None], history[:-1]])
+        return (x, a_i * x + jnp.tensordot(c_pred, history, axes=1), history), None
 
     history = jnp.zeros((pred.shape[1], *x0.shape), dtype=jnp.result_type(x0))
-    history = history.at[0].set(x1_hat(ts[0], x0, args))
-    inputs = (ts[1:-1], g.a[:-1], pred[:-1], corr[:-1], new[:-1])
-    (x, history), _ = lax.scan(step, (x0, history), inputs)
-    return g.a[-1] * x + g.c0[-1] * history[0]
+    inputs = (ts[:-1], a_prev, corr_prev, new_prev, a, pred)
+    (_, x1, _), _ = lax.scan(step, (x0, x0, history), inputs)
+    return x1

@@ -6,7 +6,7 @@ Three named grids and explicit arrays:
 - ``"logsnr"``: uniform in ``lambda = log(alpha / sigma)`` between ``lambda(eps)`` and
   ``lambda(1 - eps)`` with ``eps = LOGSNR_EPS = 1e-3`` (lambda is infinite at t = 0 for CondOT and
   cosine, and at t = 1 for every scheduler), mapped back through ``snr^-1``; the two end points are
-  then set to exactly 0 and 1, so the first step starts at the noise and the last one ends at the data.
+  then set to exactly 0 and 1: the first step starts at the noise, the last one ends at the data.
 - ``"edm"``: the Karras et al. grid of ``n`` noise levels in the EDM (VE) parametrisation
   ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho`` (rho = 7, smin = 0.002,
   smax = 80) and a final ``sigma_n = 0``, mapped to time by ``snr(t_i) = 1 / sigma_i`` (for CondOT

@@ -16,7 +16,9 @@ SPECS: dict[str, SolverSpec] = {
         SolverSpec("rk4", rk4, order=4, rule=FOUR_PER_STEP),
         SolverSpec("ipndm", ipndm, order=2, rule=ONE_PER_STEP),
         SolverSpec("ddim", ddim, order=1, rule=ONE_PER_STEP, requires_scheduler=True),
-        SolverSpec("dpm_solver_pp", dpm_solver_pp, order=2, rule=ONE_PER_STEP, requires_scheduler=True),
+        SolverSpec(
+            "dpm_solver_pp", dpm_solver_pp, order=2, rule=ONE_PER_STEP, requires_scheduler=True
+        ),
         SolverSpec("unipc", unipc, order=2, rule=ONE_PER_STEP, requires_scheduler=True),
         SolverSpec("edm", edm, order=2, rule=HEUN_FINAL_EULER, requires_scheduler=True),
     )

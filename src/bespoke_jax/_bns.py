@@ -1,0 +1,167 @@
+"""Bespoke non-stationary (BNS) solvers (Shaul et al. 2024, arXiv:2403.01329; MATH.md section 7).
+
+An n-NFE NS solver on the grid ``0 <= t_0 <= ... <= t_{n-1} <= 1`` evaluates
+
+    x_0 = a_0 x0,   u_i = u_{t_i}(x_i),   x_{i+1} = a_{i+1} x0 + sum_{j<=i} b_{ij} u_j,
+
+and returns ``x_n``. ``a_0`` (1 for every baseline but EDM) adds one parameter to the paper's
+``n (n + 5) / 2 + 1``. With ``sigma0 != 1`` the solver runs on the preconditioned field
+``ubar`` in r-time (BNS eq. 14), from ``s(0) x0``, and returns ``x_n / s(1)``.
+
+Parameters are residuals from the initial solver, scaled per coefficient, all zero at ``init()``
+(Adam then moves every coefficient in the units of its size, ``h = 1 / n``): the grid is
+``t_i = sum_{k<=i} d_k`` with increments ``d = w^2 / sum(w^2)``, ``w = w_init + sqrt(h) p_grid``,
+valid by construction; ``d`` may be 0 (heun, rk4 and edm call the field twice at one time),
+where ``w_init`` is a floor whose square is below float resolution, so init reproduces the
+source and the tie can open. ``a = a_init + h p_a`` and ``b = b_init + h mask * p_b`` with ``b``
+a masked lower-triangular ``(n, n)`` matrix, so every shape is static under jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from ._data import TrainingData
+from ._ns_coefficients import NSCoefficients, ns_coefficients
+from ._schedulers import Scheduler
+from ._transforms import precondition
+
+
+@dataclasses.dataclass(frozen=True)
+class BNS:
+    """The BNS family at a fixed NFE; build it with ``bns``.
+
+    Attributes:
+      nfe: model calls per sample (the number of steps n).
+      source: the baseline of ``init()``.
+      sigma0: the preconditioning scale (1: none).
+      scheduler: the model's scheduler (for exponential sources, edm and ``sigma0 != 1``).
+      default_steps, default_batch_size: training defaults for ``bj.train``, with
+        ``default_learning_rate(steps)``.
+      initial: the source solver's ``NSCoefficients`` (read off it when the family is built).
+    """
+
+    nfe: int
+    source: str = "midpoint"
+    sigma0: float = 1.0
+    scheduler: Scheduler | None = None
+    default_steps: int = 3000
+    default_batch_size: int = 40
+    initial: NSCoefficients = dataclasses.field(init=False, repr=False, compare=False)
+
+    name: ClassVar[str] = "bns"
+
+    def __post_init__(self):
+        init = ns_coefficients(self.source, self.nfe, scheduler=self.scheduler, sigma0=self.sigma0)
+        object.__setattr__(self, "initial", init)
+
+    @property
+    def num_params(self) -> int:
+        """``(n + 1)`` grid weights, ``n + 1`` values of ``a``, ``n (n + 1) / 2`` of ``b``."""
+        n = self.nfe
+        return 2 * (n + 1) + n * (n + 1) // 2
+
+    @property
+    def save_ts(self) -> None:
+        """BNS trains on (noise, sample) pairs only."""
+        return None
+
+    def init(self) -> dict:
+        """Zero residuals: the source solver."""
+        n = self.nfe
+        return {"grid": jnp.zeros(n + 1), "a": jnp.zeros(n + 1), "b": jnp.zeros((n, n))}
+
+    def default_learning_rate(self, steps: int | None = None) -> optax.Schedule:
+        """Adam's learning rate: a 5% warm-up to ``peak``, then cosine decay to 0 over ``steps``.
+
+        ``peak = 8e-3 (4 / n)^2``: the residuals are in units of ``h = 1 / n`` and the distance
+        from the source solver to the optimum shrinks with ``n`` (tuned on the 64-d mixture
+        from a midpoint init, NFE 4-20; a UniPC init is insensitive to it).
+        """
+        steps = self.default_steps if steps is None else steps
+        peak = 8e-3 * (4.0 / self.nfe) ** 2
+        return optax.warmup_cosine_decay_schedule(0.0, peak, max(steps // 20, 1), steps, 0.0)
+
+    def solver(self, params) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The NS coefficients ``(ts (n,), a (n + 1,), b (n, n))`` of ``params``."""
+        n = self.nfe
+        init = self.initial
+        dtype = jnp.result_type(float)
+        h = 1.0 / n
+        increments = np.diff(init.ts, prepend=0.0, append=1.0)
+        floor = float(jnp.finfo(dtype).eps)
+        w = jnp.asarray(np.sqrt(np.maximum(increments, floor**2)), dtype)
+        w = w + np.sqrt(h) * params["grid"]
+        d = jnp.square(w)
+        ts = jnp.cumsum(d)[:n] / jnp.sum(d)
+        a = jnp.asarray(init.a, dtype) + h * params["a"]
+        mask = np.tril(np.ones((n, n)))
+        b = jnp.asarray(init.b, dtype) + h * mask * params["b"]
+        return ts, a, b
+
+    def _field(self, u: Callable):
+        """The field the solver integrates and the preconditioning transform (``None``: none)."""
+        if self.sigma0 == 1.0:
+            return u, None
+        return precondition(u, self.scheduler, self.sigma0)
+
+    def sample(self, params, u: Callable, x0: jax.Array, args=None) -> jax.Array:
+        """``x1 (B, *shape)`` from noise ``x0 (B, *shape)`` in exactly ``nfe`` calls of ``u``.
+
+        A fixed ``(n + 1, B * size)`` buffer ``[x0, u_0, ..., u_{n-1}]`` (flat, zeros not yet
+        computed) rides in the ``lax.scan`` carry, so ``x_{i+1} = [a_{i+1}, b_i] @ buffer`` is
+        one matrix-vector product.
+        """
+        ts, a, b = self.solver(params)
+        field, transform = self._field(u)
+        start = x0 if transform is None else transform.s(0.0) * x0
+        weights = jnp.concatenate([a[1:, None], b], axis=1)
+
+        def step(carry, inputs):
+            x, buffer = carry
+            i, t, row = inputs
+            velocity = jnp.reshape(field(t, x, args), (1, -1))
+            buffer = lax.dynamic_update_index_in_dim(buffer, velocity, i + 1, 0)
+            return (jnp.reshape(jnp.dot(row, buffer), x0.shape), buffer), None
+
+        buffer = jnp.zeros((self.nfe + 1, x0.size), dtype=jnp.result_type(x0))
+        buffer = buffer.at[0].set(jnp.reshape(start, -1))
+        inputs = (jnp.arange(self.nfe), ts, weights)
+        (x, _), _ = lax.scan(step, (a[0] * start, buffer), inputs)
+        return x if transform is None else x / transform.s(1.0)
+
+    def loss(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
+        """``E log ||x_n - x(1)||^2`` (RMS norm; BNS eq. 13 without its sign): minimise it."""
+        x1 = self.sample(params, u, batch.x0, args)
+        err = jnp.reshape(x1 - batch.x1, (x1.shape[0], -1))
+        return jnp.mean(jnp.log(jnp.mean(jnp.square(err), axis=-1)))
+
+    def config(self) -> dict:
+        """The arguments of ``bns`` (the scheduler as its config)."""
+        scheduler = None if self.scheduler is None else self.scheduler.to_config()
+        return {"nfe": self.nfe, "init": self.source, "sigma0": self.sigma0, "scheduler": scheduler}
+
+
+def bns(nfe: int, *, init: str = "midpoint", sigma0: float = 1.0, scheduler=None) -> BNS:
+    """Bespoke non-stationary solvers with ``nfe`` model calls, initialised from a baseline.
+
+    Args:
+      nfe: model calls per sample; ``init`` must be able to spend it exactly.
+      init: a name of ``bj.solvers.NAMES``; ``init()`` reproduces that solver (on the
+        preconditioned field when ``sigma0 != 1``).
+      sigma0: preconditioning scale ``sigmabar_t = sigma0 sigma_t`` (BNS eq. 14), positive.
+      scheduler: the model's scheduler; required by ddim, dpm_solver_pp, unipc, edm and by
+        ``sigma0 != 1``.
+
+    Returns:
+      The ``BNS`` family.
+    """
+    return BNS(int(nfe) if isinstance(nfe, np.integer) else nfe, init, float(sigma0), scheduler)

@@ -1,0 +1,215 @@
+"""Data parallelism over every visible device: one mesh axis, ``"batch"``.
+
+Per-sample arrays (noise, ground truth, the per-sample leaves of ``args``) are split along their
+leading axis over the mesh; parameters, optimizer state and shared ``args`` leaves are
+replicated. Multi-host runs (``jax.distributed``) work the same way: every process holds the
+same host arrays and places the rows of its own devices.
+
+Ground truth is solved in chunks of a fixed size, the same on every device count: XLA
+vectorises a batch differently for different batch sizes, so only identical chunk shapes give
+bitwise-identical solutions (and adaptive step sequences) on one device and on many.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ._checks import check_batch, nonfinite_message
+from ._data import TrainingData
+from ._ground_truth import _EVALS_PER_STEP, _Axes, _solve
+
+AXIS = "batch"
+CHUNK_SIZE = 32
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis ``"batch"`` over ``devices`` (default: all, ``jax.devices()``)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("data_mesh needs at least one device.")
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def _global(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array that every process holds in full."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf (host values, identical on every process) copied to every device."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda leaf: _global(np.asarray(leaf), sharding), tree)
+
+
+def _is_row(leaf, batch_size: int) -> bool:
+    return np.ndim(leaf) >= 1 and np.shape(leaf)[0] == batch_size
+
+
+def row_specs(tree, batch_size: int):
+    """``P("batch")`` for per-sample leaves (leading axis ``batch_size``), ``P()`` otherwise."""
+    return jax.tree.map(lambda leaf: P(AXIS) if _is_row(leaf, batch_size) else P(), tree)
+
+
+def shard_rows(tree, mesh: Mesh, batch_size: int):
+    """Per-sample leaves split along their leading axis over the mesh; other leaves replicated."""
+    return jax.tree.map(
+        lambda leaf: _global(
+            np.asarray(leaf), NamedSharding(mesh, P(AXIS) if _is_row(leaf, batch_size) else P())
+        ),
+        tree,
+    )
+
+
+def pad_rows(tree, batch_size: int, size: int):
+    """Per-sample leaves padded from ``batch_size`` to ``size`` rows by repeating the last row."""
+
+    def pad(leaf):
+        if not _is_row(leaf, batch_size) or size == batch_size:
+            return leaf
+        leaf = np.asarray(leaf)
+        return np.concatenate([leaf, np.repeat(leaf[-1:], size - batch_size, axis=0)])
+
+    return jax.tree.map(pad, tree)
+
+
+def to_host(tree):
+    """NumPy copies of the leaves; arrays sharded over several processes are gathered first."""
+
+    def fetch(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return multihost_utils.process_allgather(leaf, tiled=True)
+        return np.asarray(leaf)
+
+    return jax.tree.map(fetch, tree)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "u", "treedef", "rows", "axes", "mesh", "chunk_size", "rtol", "atol", "max_steps"
+    ),
+)  # fmt: skip
+def _solve_sharded(
+    x0, leaves, ts, *, u, treedef, rows, axes, mesh, chunk_size, rtol, atol, max_steps
+):
+    """Per device: its rows in chunks of ``chunk_size``, each a per-sample Dopri5 solve.
+
+    ``leaves`` are the flat args, per-sample at the positions ``rows``; returns
+    ``(x1, steps, xs, us)``, each split along the batch axis (``xs, us`` ``None`` without ``ts``).
+    """
+
+    def local(x, leaves, ts):
+        def solve(chunk):
+            xc, row_leaves = chunk
+            merged = list(leaves)
+            for i, leaf in zip(rows, row_leaves, strict=True):
+                merged[i] = leaf
+            a = jax.tree.unflatten(treedef, merged)
+            x1, xs, steps = _solve(
+                u, xc, a, ts, rtol=rtol, atol=atol, max_steps=max_steps, per_sample=True, axes=axes
+            )
+            if ts is None:
+                return x1, steps, None, None
+            us = jax.lax.map(lambda tx: u(tx[0], tx[1], a), (ts, jnp.swapaxes(xs, 0, 1)))
+            return x1, steps, xs, jnp.swapaxes(us, 0, 1)
+
+        def split(y):
+            return y.reshape(-1, chunk_size, *y.shape[1:])
+
+        out = jax.lax.map(solve, (split(x), [split(leaves[i]) for i in rows]))
+        return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), out)
+
+    specs = [P(AXIS) if i in rows else P() for i in range(len(leaves))]
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(AXIS), specs, P()), out_specs=P(AXIS), check_vma=False
+    )(x0, leaves, ts)
+
+
+def sharded_training_data(
+    u: Callable,
+    x0,
+    *,
+    args=None,
+    save_ts=None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 4096,
+    mesh: Mesh | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> TrainingData:
+    """``make_training_data`` with the samples split over the devices of ``mesh``.
+
+    Each device solves its rows in chunks of ``chunk_size`` samples (``lax.map``), each sample
+    with its own Dopri5 step-size controller, so the result is bitwise the same for every
+    device count. ``N`` is padded with copies of the last sample to a multiple of
+    ``chunk_size * mesh.size``; the copies are dropped.
+
+    Args:
+      u: the velocity field ``u(t, x, args)``.
+      x0: ``(N, *shape)`` noise, the same host array on every process.
+      args: the field's args; leaves with leading axis N are per-sample.
+      save_ts: optional increasing ``(S,)`` times at which to keep the path and its velocity.
+      rtol, atol, max_steps: as in ``ground_truth``.
+      mesh: default ``data_mesh()`` (every visible device).
+      chunk_size: samples per solve.
+
+    Returns:
+      ``TrainingData`` of host (NumPy) arrays, complete on every process.
+
+    Raises:
+      ValueError: bad shapes, save times or ``chunk_size``.
+      RuntimeError: the model returned NaN/inf or a solve did not converge.
+    """
+    x0 = np.asarray(x0)
+    check_batch(jnp.asarray(x0), args, "x0")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    if save_ts is not None:
+        save_ts = np.asarray(save_ts, dtype=x0.dtype)
+        if save_ts.ndim != 1 or np.any(np.diff(save_ts) <= 0) or save_ts[0] < 0 or save_ts[-1] > 1:
+            raise ValueError("save_ts must be a strictly increasing 1-D array inside [0, 1].")
+    mesh = data_mesh() if mesh is None else mesh
+    n = x0.shape[0]
+    per_device = math.ceil(n / (chunk_size * mesh.size)) * chunk_size
+    padded = per_device * mesh.size
+    x0_pad, args_pad = pad_rows((x0, args), n, padded)
+    leaves, treedef = jax.tree.flatten(args_pad)
+    rows = [i for i, leaf in enumerate(leaves) if _is_row(leaf, padded)]
+    # One chunk's vmap axes, from placeholders: a shared leaf stays shared even when its
+    # leading axis happens to equal the chunk size.
+    chunk_axes = _Axes(
+        [np.empty((chunk_size,)) if i in rows else np.empty(()) for i in range(len(leaves))],
+        chunk_size,
+    )
+    x0_dev, leaves_dev = shard_rows((x0_pad, leaves), mesh, padded)
+    ts = None if save_ts is None else jnp.asarray(save_ts)
+    static = dict(u=u, treedef=treedef, rows=tuple(rows), axes=chunk_axes, mesh=mesh)
+    static.update(chunk_size=chunk_size, rtol=rtol, atol=atol, max_steps=max_steps)
+    try:
+        out = to_host(jax.block_until_ready(_solve_sharded(x0_dev, leaves_dev, ts, **static)))
+    except Exception as err:  # jax wraps the runtime error in a backend-specific type
+        text = str(err)
+        if "NaN or inf" in text:
+            raise RuntimeError(
+                nonfinite_message(u, jnp.asarray(x0), args, "ground truth")
+            ) from None
+        if "maximum number of solver steps" in text:
+            raise RuntimeError(
+                f"The ground-truth solve did not converge within max_steps={max_steps} "
+                f"(rtol={rtol}, atol={atol}). Increase max_steps or loosen rtol/atol."
+            ) from None
+        raise
+    x1, steps, xs, us = (None if y is None else y[:n] for y in out)
+    nfe = int(steps.max()) * _EVALS_PER_STEP + 1
+    if save_ts is None:
+        return TrainingData(x0, x1, nfe=nfe)
+    return TrainingData(x0, x1, save_ts, xs, us, nfe + len(save_ts))

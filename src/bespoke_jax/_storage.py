@@ -1,0 +1,298 @@
+"""Learned solvers as durable artifacts: save, load (Orbax + JSON) and a plain-JSON export.
+
+A saved solver is a directory holding ``params/`` (the parameter pytree, written by Orbax) and
+``solver.json``: the format and package versions, the family (``{"name", **config()}``, from
+which ``family_from_config`` rebuilds it), its NFE and number of parameters, the shapes and a
+sha256 checksum of the parameters, and the user's metadata (conventionally ``model``,
+``model_id``, ``guidance``, ``val_psnr``...). Loading refuses, with the reason, a directory of
+another format version, of another family than asked for, or whose parameters do not fit the
+family or fail the checksum: a damaged artifact never produces samples.
+
+``export_solver`` writes the decoded coefficients as plain JSON for use outside JAX, with the
+learned time grid in the diffusers conventions when a scheduler is known (see its docstring).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ._family import Family, Params, family_from_config
+from ._schedulers import Scheduler, scheduler_from_config
+from ._transforms import precondition
+
+FORMAT = "bespoke_jax.solver"
+EXPORT_FORMAT = "bespoke_jax.solver_export"
+FORMAT_VERSION = 1
+_META_FILE = "solver.json"
+_PARAMS_DIR = "params"
+RESERVED = (
+    "format",
+    "format_version",
+    "package_version",
+    "family",
+    "nfe",
+    "num_params",
+    "params_shapes",
+    "params_sha256",
+)
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _leaves(params: Params) -> list[tuple[str, np.ndarray]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return [(jax.tree_util.keystr(path), np.asarray(leaf)) for path, leaf in flat]
+
+
+def params_sha256(params: Params) -> str:
+    """sha256 of every leaf's path, dtype, shape and bytes, in pytree order."""
+    digest = hashlib.sha256()
+    for name, leaf in _leaves(params):
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(f"{name}:{leaf.dtype}:{leaf.shape}".encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()
+
+
+def _shapes(params: Params) -> dict:
+    """``{path: [shape, dtype]}`` of arrays or of ``jax.ShapeDtypeStruct`` leaves."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return {
+        jax.tree_util.keystr(path): [list(np.shape(leaf)), str(np.dtype(leaf.dtype))]
+        for path, leaf in flat
+    }
+
+
+def _json_default(value):
+    if isinstance(value, Scheduler):
+        return value.to_config()
+    if isinstance(value, np.generic | np.ndarray | jax.Array):
+        return np.asarray(value).tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _dumps(record: dict, what: str) -> str:
+    try:
+        return json.dumps(record, indent=1, default=_json_default, allow_nan=True)
+    except TypeError as err:
+        raise ValueError(f"{what} must be JSON-serialisable: {err}.") from None
+
+
+def _family_record(family: Family) -> dict:
+    return {"name": family.name, **family.config()}
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished directory ``tmp`` to ``path``, replacing what was there."""
+    if path.exists():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+
+
+def save_solver(path, family: Family, params: Params, metadata: dict | None = None) -> Path:
+    """Save a learned solver to the directory ``path`` (replaced when it exists).
+
+    Args:
+      path: the solver's directory.
+      family: its family (``bst``, ``bns``).
+      params: parameters for ``family`` (e.g. ``train(...).params``).
+      metadata: JSON-serialisable facts to keep with it (schedulers are written as their
+        config); keys other than ``RESERVED``.
+
+    Returns:
+      The directory written (everything is written aside first, then moved in place).
+
+    Raises:
+      ValueError: params that do not fit ``family``, reserved or non-JSON metadata.
+    """
+    path = Path(path).absolute()
+    metadata = dict(metadata or {})
+    clash = sorted(set(metadata) & set(RESERVED))
+    if clash:
+        raise ValueError(f"metadata keys {clash} are reserved for the format; rename them.")
+    expected = _shapes(jax.eval_shape(family.init))
+    if _shapes(params) != expected:
+        raise ValueError(
+            f"params do not fit {family.name} with {family.config()}: shapes {_shapes(params)}, "
+            f"expected {expected}."
+        )
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": _package_version(),
+        "family": _family_record(family),
+        "nfe": int(family.nfe),
+        "num_params": int(family.num_params),
+        "params_shapes": expected,
+        "params_sha256": params_sha256(params),
+        **metadata,
+    }
+    text = _dumps(record, "metadata")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        host = jax.tree.map(np.asarray, params)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / _PARAMS_DIR, host)
+            checkpointer.wait_until_finished()
+        (tmp / _META_FILE).write_text(text)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_solver(path, family: Family | str | None = None) -> tuple[Family, Params, dict]:
+    """Load a solver saved by ``save_solver``.
+
+    Args:
+      path: the solver's directory.
+      family: optionally the family expected (a name, or a family that must match exactly).
+
+    Returns:
+      ``(family, params, metadata)``: the rebuilt family, its parameters and the whole
+      ``solver.json`` record (the user's metadata and the format's keys).
+
+    Raises:
+      ValueError: not a saved solver, another format version or family, or parameters that
+        fail their shapes or checksum (a damaged artifact).
+    """
+    path = Path(path).absolute()
+    meta_file = path / _META_FILE
+    if not meta_file.is_file():
+        raise ValueError(f"{path} is not a saved solver (no {_META_FILE}); save with save_solver.")
+    try:
+        record = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_file} is damaged: {err}.") from None
+    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} holds format {record.get('format')!r} version "
+            f"{record.get('format_version')!r}; this bespoke_jax "
+            f"({_package_version()}) reads {FORMAT!r} version {FORMAT_VERSION}."
+        )
+    built = family_from_config(record["family"])
+    if isinstance(family, str) and family != built.name:
+        raise ValueError(f"{path} holds a {built.name} solver, not a {family} one.")
+    if family is not None and not isinstance(family, str) and family != built:
+        raise ValueError(
+            f"{path} holds {record['family']}, not {_family_record(family)} as asked for."
+        )
+    abstract = jax.eval_shape(built.init)
+    if _shapes(abstract) != record.get("params_shapes"):
+        raise ValueError(
+            f"{path} is damaged: its parameter shapes {record.get('params_shapes')} do not fit "
+            f"{record['family']} (expected {_shapes(abstract)})."
+        )
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(path / _PARAMS_DIR, abstract)
+    except Exception as err:  # Orbax / TensorStore errors have no common base class
+        raise ValueError(f"{path} is damaged: its parameters cannot be read ({err}).") from None
+    if params_sha256(params) != record.get("params_sha256"):
+        raise ValueError(f"{path} is damaged: its parameters fail their sha256 checksum.")
+    return built, jax.tree.map(jnp.asarray, params), record
+
+
+def _none_if_inf(values: np.ndarray) -> list:
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def export_solver(
+    path, family: Family, params: Params, metadata: dict | None = None, *, scheduler=None
+) -> Path:
+    """Write a solver's decoded coefficients as plain JSON.
+
+    Every export has ``"times"``, the ``nfe + 1`` model times: where the field is evaluated,
+    then 1. BST adds its transform on the uniform grid ``r_j = j / nfe``: ``"r", "t", "s"``
+    (``nfe + 1``) and ``"dt", "ds"`` (``t'``, ``s'``, ``nfe``). BNS adds ``"grid"`` (the ``nfe``
+    solver times r), ``"a"`` (``nfe + 1``), ``"b"`` (``nfe x nfe``, lower triangular) and
+    ``"sigma0"``, ``"s_start"``, ``"s_end"``: it runs ``x_0 = a_0 s_start x0``,
+    ``x_{i+1} = a_{i+1} s_start x0 + sum_{j<=i} b_ij u_j`` on the field preconditioned by sigma0
+    (the plain field for sigma0 = 1) and returns ``x_n / s_end``.
+
+    With a scheduler (``scheduler``, else the family's, else ``metadata["scheduler"]``) it adds,
+    at ``"times"``: ``"alpha"``, ``"sigma"``; ``"sigmas"`` = sigma_t / alpha_t, the noise levels
+    of diffusers' and k-diffusion's samplers (``null`` where alpha_t = 0); ``"timesteps"`` =
+    1000 (1 - t), the DDPM convention (t = 0 noise is timestep 1000). They carry the learned
+    grid only: the solver itself needs the coefficients above.
+
+    Returns:
+      The file written (atomically).
+    """
+    path = Path(path)
+    record = {
+        "format": EXPORT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": _package_version(),
+        "family": _family_record(family),
+        "nfe": int(family.nfe),
+    }
+    if family.name == "bst":
+        c = {k: np.asarray(v, dtype=np.float64) for k, v in family.coefficients(params).items()}
+        times = c["t"]
+        record.update({k: c[k].tolist() for k in ("r", "t", "dt", "s", "ds")})
+    elif family.name == "bns":
+        grid, a, b = (np.asarray(v, dtype=np.float64) for v in family.solver(params))
+        r = np.append(grid, 1.0)
+        s_start = s_end = 1.0
+        times = r
+        if family.sigma0 != 1.0:
+            _, transform = precondition(lambda t, x, args: x, family.scheduler, family.sigma0)
+            times = np.asarray(transform.t(r), dtype=np.float64)
+            s_start, s_end = float(transform.s(0.0)), float(transform.s(1.0))
+        record.update(grid=grid.tolist(), a=a.tolist(), b=b.tolist(), sigma0=family.sigma0)
+        record.update(s_start=s_start, s_end=s_end)
+    else:
+        raise ValueError(f"export_solver knows the families bst and bns, not {family.name!r}.")
+    record["times"] = times.tolist()
+    metadata = dict(metadata or {})
+    if scheduler is None:
+        scheduler = getattr(family, "scheduler", None)
+    if scheduler is None and isinstance(metadata.get("scheduler"), Scheduler):
+        scheduler = metadata["scheduler"]
+    if scheduler is None and isinstance(metadata.get("scheduler"), dict):
+        scheduler = scheduler_from_config(metadata["scheduler"])
+    if scheduler is not None:
+        alpha = np.asarray(scheduler.alpha(times), dtype=np.float64)
+        sigma = np.asarray(scheduler.sigma(times), dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sigmas = np.where(alpha > 0, sigma / np.where(alpha > 0, alpha, 1.0), np.inf)
+        record.update(
+            scheduler=scheduler.to_config(),
+            alpha=alpha.tolist(),
+            sigma=sigma.tolist(),
+            sigmas=_none_if_inf(sigmas),
+            timesteps=(1000.0 * (1.0 - times)).tolist(),
+        )
+    record["metadata"] = metadata
+    text = _dumps(record, "metadata")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,206 @@
+"""BNS: init reproduces every baseline, exact NFE, finite gradients, training, conditioning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bespoke_jax as bj
+from bespoke_jax._schedulers import Scaled
+from bespoke_jax.solvers import NAMES, SOLVERS, SPECS
+
+SCHEDULER = bj.cond_ot()
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return bj.GaussianMixture.random(jax.random.key(0), num_components=4, dim=8, std=0.2)
+
+
+@pytest.mark.parametrize("sigma0", [1.0, 3.0])
+@pytest.mark.parametrize("name", NAMES)
+def test_init_reproduces_source_solver(mixture, name, sigma0):
+    # Both sides are the same linear combination of x0 and the same field values, summed in
+    # another order: in float64 they agree to rounding (~1e-16) amplified by the field's
+    # Lipschitz constant over the steps and by EDM's sigma_max = 80 start, far below 1e-10.
+    nfe = SPECS[name].rule.nfe(2)
+    with jax.enable_x64(True):
+        u = mixture.velocity(SCHEDULER)
+        x0 = jax.random.normal(jax.random.key(1), (3, 8), dtype=jnp.float64)
+        family = bj.bns(nfe, init=name, sigma0=sigma0, scheduler=SCHEDULER)
+        ubar, transform = bj.precondition(u, SCHEDULER, sigma0)
+        target = Scaled(SCHEDULER, sigma0)
+
+        @jax.jit
+        def both(x0):
+            ref = SOLVERS[name](ubar, transform.s(0.0) * x0, nfe=nfe, scheduler=target)
+            return family.sample(family.init(), u, x0), ref / transform.s(1.0)
+
+        ours, ref = both(x0)
+        assert ours.dtype == jnp.float64
+        assert float(jnp.max(jnp.abs(ours - ref))) < 1e-10
+
+
+def test_init_reproduces_solver_without_preconditioning_in_float32(mixture):
+    u = mixture.velocity(SCHEDULER)
+    x0 = jax.random.normal(jax.random.key(1), (3, 8))
+    family = bj.bns(6, init="heun")
+    ours = family.sample(family.init(), u, x0)
+    ref = SOLVERS["heun"](u, x0, nfe=6)
+    # float32 rounding (eps ~ 1.2e-7) of O(1) values, amplified as in the float64 test.
+    assert float(jnp.max(jnp.abs(ours - ref))) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["heun", "edm"])
+def test_sample_spends_exactly_nfe(name):
+    nfe = SPECS[name].rule.nfe(2)
+    family = bj.bns(nfe, init=name, scheduler=SCHEDULER)
+    times = []
+
+    def counting(t, x, args):
+        times.append(float(t))
+        return t - x
+
+    with jax.disable_jit():  # lax.scan runs as a Python loop: one entry per call
+        family.sample(family.init(), counting, jnp.ones((2, 8)))
+    assert len(times) == nfe
+    np.testing.assert_allclose(times, family.initial.ts, atol=1e-6)
+
+
+@pytest.mark.parametrize("nfe", [1, 4, 7])
+def test_num_params(nfe):
+    family = bj.bns(nfe, init="euler")
+    n = nfe
+    # The paper's n (n + 5) / 2 + 1 plus a_0, the scale of the first evaluation point.
+    assert family.num_params == n * (n + 5) // 2 + 2
+    params = family.init()
+    free = params["grid"].size + params["a"].size + n * (n + 1) // 2
+    assert family.num_params == free
+    assert family.save_ts is None
+
+
+def test_masked_upper_triangle_is_inert(mixture):
+    u = mixture.velocity(SCHEDULER)
+    family = bj.bns(4, init="euler")
+    params = family.init()
+    x0 = jax.random.normal(jax.random.key(2), (2, 8))
+    upper = params | {"b": jnp.triu(jnp.ones((4, 4)), k=1)}
+    np.testing.assert_array_equal(family.sample(upper, u, x0), family.sample(params, u, x0))
+
+
+def test_grid_stays_valid_and_ties_can_open():
+    family = bj.bns(4, init="heun")  # times 0, 0.5, 0.5, 1: two ties
+    ts, _, _ = family.solver(family.init())
+    np.testing.assert_allclose(ts, [0.0, 0.5, 0.5, 1.0], atol=1e-7)
+    params = family.init()
+    params = params | {"grid": jax.random.normal(jax.random.key(3), (5,))}
+    ts, _, _ = family.solver(params)
+    assert np.all(np.diff(ts) >= 0) and ts[0] >= 0 and ts[-1] <= 1
+    # The gradient of a tied time with respect to its (floor) weight is not zero.
+    grad = jax.grad(lambda p: family.solver(p)[0][2] - family.solver(p)[0][1])(family.init())
+    assert float(grad["grid"][2]) > 0
+
+
+@pytest.fixture(scope="module")
+def trained(mixture):
+    u = mixture.velocity(SCHEDULER)
+    family = bj.bns(4, init="euler")
+    x0_train = jax.random.normal(jax.random.key(4), (64, 8))
+    x0_val = jax.random.normal(jax.random.key(5), (64, 8))
+    result = bj.train(family, u, x0_train, x0_val, steps=300, eval_every=100, progress=False)
+    return family, u, result
+
+
+def test_loss_gradients_finite(trained):
+    family, u, result = trained
+    data = result.train_data
+    batch = bj.TrainingData(data.x0[:8], data.x1[:8])
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p: family.loss(p, u, batch)))
+    for params in (family.init(), result.params):
+        value, grads = value_and_grad(params)
+        assert np.isfinite(float(value))
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+        assert float(jnp.sum(jnp.abs(grads["b"]))) > 0
+
+
+def test_loss_is_mean_log_squared_error(trained):
+    family, u, result = trained
+    data = result.train_data
+    batch = bj.TrainingData(data.x0[:8], data.x1[:8])
+    x1 = family.sample(family.init(), u, batch.x0)
+    mse = jnp.mean(jnp.square(x1 - batch.x1), axis=-1)
+    # PSNR = 10 log10(R^2 / mse): minimising E log mse maximises mean PSNR.
+    expected = jnp.mean(jnp.log(mse))
+    np.testing.assert_allclose(family.loss(family.init(), u, batch), expected, rtol=1e-6)
+
+
+def test_training_improves_validation_psnr(trained):
+    family, u, result = trained
+    init_psnr = result.history["val_psnr"][0]
+    assert result.best_step > 0
+    assert result.best_val_psnr > init_psnr + 3.0  # a factor 2 in RMSE at least
+    x1 = family.sample(result.params, u, result.val_data.x0)
+    np.testing.assert_allclose(bj.psnr(x1, result.val_data.x1), result.best_val_psnr, rtol=1e-4)
+
+
+def test_class_conditional_field_follows_labels():
+    # One Gaussian per class: under CondOT x(1) = mu_label + s x0 exactly.
+    means = jnp.stack([jnp.full((4,), 0.5), jnp.full((4,), -0.5)])
+    std = 0.1
+    fields = [
+        bj.GaussianMixture(m[None], jnp.array([std]), jnp.array([1.0])).velocity(SCHEDULER)
+        for m in means
+    ]
+
+    def u(t, x, args):
+        return jnp.where(args["label"][:, None] == 0, fields[0](t, x), fields[1](t, x))
+
+    x0_train = jax.random.normal(jax.random.key(6), (16, 4))
+    x0_val = jax.random.normal(jax.random.key(7), (16, 4))
+    labels = {"label": jnp.arange(16) % 2}
+    family = bj.bns(4, init="euler")
+    result = bj.train(
+        family, u, x0_train, x0_val, args=labels, val_args=labels, steps=100, batch_size=8,
+        progress=False,
+    )  # fmt: skip
+    x0 = jax.random.normal(jax.random.key(8), (6, 4))
+    sample = jax.jit(lambda params, label: family.sample(params, u, x0, {"label": label}))
+    for label in (jnp.zeros(6, int), jnp.array([1, 0, 1, 1, 0, 1])):
+        exact = means[label] + std * x0
+        trained = jnp.abs(sample(result.params, label) - exact)
+        # The class means are 1 apart in every coordinate: an error below 0.5 everywhere puts
+        # each sample on its own label's side; training on labelled args reduced the error.
+        assert float(jnp.max(trained)) < 0.5
+        assert float(jnp.mean(trained)) < float(
+            jnp.mean(jnp.abs(sample(family.init(), label) - exact))
+        )
+
+
+def test_unknown_init_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names.*midpoint"):
+        bj.bns(4, init="adams")
+
+
+@pytest.mark.parametrize(("name", "nfe"), [("midpoint", 3), ("rk4", 6), ("edm", 4), ("euler", 0)])
+def test_nfe_the_source_cannot_spend(name, nfe):
+    with pytest.raises(ValueError, match=f"{name} cannot spend nfe={nfe}"):
+        bj.bns(nfe, init=name, scheduler=SCHEDULER)
+
+
+@pytest.mark.parametrize("sigma0", [0.0, -1.0])
+def test_sigma0_must_be_positive(sigma0):
+    with pytest.raises(ValueError, match="sigma0 must be positive"):
+        bj.bns(4, sigma0=sigma0, scheduler=SCHEDULER)
+
+
+@pytest.mark.parametrize(("init", "sigma0"), [("dpm_solver_pp", 1.0), ("midpoint", 2.0)])
+def test_missing_scheduler_is_named(init, sigma0):
+    with pytest.raises(ValueError, match="needs the model's `scheduler`"):
+        bj.bns(4, init=init, sigma0=sigma0)
+
+
+def test_config_round_trip():
+    family = bj.bns(5, init="euler", sigma0=2.0, scheduler=SCHEDULER)
+    again = bj.family_from_config({"name": family.name, **family.config()})
+    assert again == family
+    np.testing.assert_array_equal(again.initial.b, family.initial.b)

@@ -1,0 +1,14 @@
+"""Entry points of a tiny user model for the CLI tests (``--model path/tiny_model.py:NAME``)."""
+
+import bespoke_jax as bj
+
+
+def mixture():
+    """A closed-form 2-D Gaussian-mixture field under CondOT."""
+    field = bj.GaussianMixture([[-1.0, -1.0], [1.0, 1.0], [1.0, -1.0]], [0.2] * 3, [1.0] * 3)
+    return {"velocity": field.velocity(bj.cond_ot()), "shape": (2,), "scheduler": bj.cond_ot()}
+
+
+def no_shape():
+    """Breaks the contract: no ``shape``."""
+    return {"velocity": mixture()["velocity"]}
