@@ -27,15 +27,12 @@ RTOL = 1e-4
 
 def _env(devices: int | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+    # XLA's CPU client runs the devices' programs on max(NPROC or #cores, #devices) threads;
+    # with no spare thread, a collective can wait forever for a device whose program is queued
+    # behind other work (seen with 4 devices on 2 busy cores).
+    env["JAX_PLATFORMS"], env["NPROC"] = "cpu", "16"
     if devices is not None:
-        # On a loaded machine the device threads of a CPU collective can take longer to meet
-        # than XLA's default termination timeout.
-        env["XLA_FLAGS"] = (
-            f"--xla_force_host_platform_device_count={devices} "
-            "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
-            "--xla_cpu_collective_timeout_seconds=600"
-        )
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 import bespoke_jax as bj
-from bespoke_jax._bns import bns
 
 FAMILIES = {
     "bst-rk2": bj.bst(4),
     "bst-rk1": bj.bst(3, base="rk1"),
-    "bns": bns(4),
-    "bns-preconditioned": bns(4, init="ddim", sigma0=2.0, scheduler=bj.cond_ot()),
+    "bns": bj.bns(4),
+    "bns-preconditioned": bj.bns(4, init="ddim", sigma0=2.0, scheduler=bj.cond_ot()),
 }
 
 

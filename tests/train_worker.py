@@ -43,14 +43,13 @@ def problem():
 def run(train_kwargs: dict, data=None, on_eval=None):
     """``bj.train`` of BNS at NFE 4 on ``problem()``."""
     import bespoke_jax as bj
-    from bespoke_jax._bns import bns
 
     u, x0_train, x0_val, args, val_args = problem()
     kwargs = dict(train_kwargs)
     if data is not None:
         kwargs["train_data"], kwargs["val_data"] = data
     return bj.train(
-        bns(4),
+        bj.bns(4),
         u,
         x0_train,
         x0_val,

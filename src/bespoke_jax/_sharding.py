@@ -8,6 +8,11 @@ same host arrays and places the rows of its own devices.
 Ground truth is solved in chunks of a fixed size, the same on every device count: XLA
 vectorises a batch differently for different batch sizes, so only identical chunk shapes give
 bitwise-identical solutions (and adaptive step sequences) on one device and on many.
+
+CPU devices forced with ``XLA_FLAGS=--xla_force_host_platform_device_count=D``: XLA runs the
+devices' programs on ``max(NPROC or #cores, D)`` threads, and on a busy machine a collective can
+then wait forever for a device whose program is queued behind other work; set the environment
+variable ``NPROC`` above ``D`` (e.g. ``4 D``) before jax starts.
 """
 
 from __future__ import annotations

@@ -219,12 +219,12 @@ def train(
             f"{x0_val.shape[1:]}."
         )
     n, m = x0_train.shape[0], x0_val.shape[0]
+    for name, size in (("x0_train", n), ("x0_val", m)):
+        if size < 1:
+            raise ValueError(f"{name} is empty: give at least one noise sample (shape (N, ...)).")
     steps = getattr(family, "default_steps", 1000) if steps is None else steps
     if batch_size is None:
         batch_size = min(getattr(family, "default_batch_size", 40), n)
-    if learning_rate is None:
-        default = getattr(family, "default_learning_rate", None)
-        learning_rate = 1e-3 if default is None else default(steps)
     mesh = data_mesh() if mesh is None else mesh
     if not 1 <= batch_size <= n:
         raise ValueError(
@@ -242,6 +242,9 @@ def train(
             f"steps, eval_every and checkpoint_every must be positive, got {steps}, "
             f"{eval_every}, {checkpoint_every}."
         )
+    if learning_rate is None:
+        default = getattr(family, "default_learning_rate", None)
+        learning_rate = 1e-3 if default is None else default(steps)
     loss = family.loss if loss is None else loss
     optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
     impl, key_data = _key_data(key)
