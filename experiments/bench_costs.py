@@ -92,8 +92,9 @@ def ground_truth_rows(dims=DIMS, n: int = 64) -> list[dict]:
     return rows
 
 
-def step_time(family, u, dim: int, batch: int = 40, remat: bool = False, repeats: int = 20):
-    """Seconds per training step (loss gradient and Adam update) on a batch of pairs."""
+def step_time(family, u, dim: int, batch: int = 40, remat: bool = False, budget_s: float = 2.0):
+    """Seconds per training step (loss gradient and Adam update) on a batch of pairs, averaged
+    over as many steps (2 to 20) as fit in about ``budget_s``."""
     x0 = noise(3, batch, dim)
     data = bj.TrainingData(x0, x0)  # the step's cost does not depend on the targets' values
     field = jax.checkpoint(u) if remat else u
@@ -107,6 +108,7 @@ def step_time(family, u, dim: int, batch: int = 40, remat: bool = False, repeats
 
     state = update(family.init(), optimizer.init(family.init()))
     jax.block_until_ready(state)
+    repeats = int(np.clip(budget_s / _seconds(update, *state), 2, 20))
     start = time.perf_counter()
     for _ in range(repeats):
         state = update(*state)
