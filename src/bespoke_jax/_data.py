@@ -30,18 +30,6 @@ class TrainingData(NamedTuple):
     path_us: jax.Array | None = None
     nfe: int = 0
 
-    def __len__(self) -> int:
-        return self.x0.shape[0]
-
-    def take(self, index) -> TrainingData:
-        """The rows at ``index`` (an integer array); ``path_ts`` is shared."""
-        return self._replace(
-            x0=self.x0[index],
-            x1=self.x1[index],
-            path_xs=None if self.path_xs is None else self.path_xs[index],
-            path_us=None if self.path_us is None else self.path_us[index],
-        )
-
 
 def make_training_data(
     u: Callable, x0, *, args=None, save_ts=None, rtol: float = 1e-5, atol: float = 1e-5
