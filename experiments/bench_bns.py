@@ -84,6 +84,8 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
     """
     key = None if family.save_ts is None else tuple(np.asarray(family.save_ts).tolist())
     train_data, val_data = data.get(key, (None, None))
+    steps = steps or family.default_steps
+    default = getattr(family, "default_optimizer", None)  # BNS: Prodigy; BST: Adam
     start = time.perf_counter()
     result = bj.train(
         family,
@@ -92,8 +94,9 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
         x_val,
         args=args[0],
         val_args=args[1],
-        steps=steps or family.default_steps,
+        steps=steps,
         learning_rate=family.default_learning_rate(steps),
+        optimizer=None if default is None else default(steps),
         train_data=train_data,
         val_data=val_data,
         progress=False,

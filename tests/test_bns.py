@@ -107,7 +107,16 @@ def trained(mixture):
     family = bj.bns(4, init="euler")
     x0_train = jax.random.normal(jax.random.key(4), (64, 8))
     x0_val = jax.random.normal(jax.random.key(5), (64, 8))
-    result = bj.train(family, u, x0_train, x0_val, steps=300, eval_every=100, progress=False)
+    result = bj.train(
+        family,
+        u,
+        x0_train,
+        x0_val,
+        steps=300,
+        eval_every=100,
+        progress=False,
+        optimizer=family.default_optimizer(300),
+    )
     return family, u, result
 
 
@@ -160,9 +169,17 @@ def test_class_conditional_field_follows_labels():
     labels = {"label": jnp.arange(16) % 2}
     family = bj.bns(4, init="euler")
     result = bj.train(
-        family, u, x0_train, x0_val, args=labels, val_args=labels, steps=100, batch_size=8,
+        family,
+        u,
+        x0_train,
+        x0_val,
+        args=labels,
+        val_args=labels,
+        steps=100,
+        batch_size=8,
         progress=False,
-    )  # fmt: skip
+        optimizer=family.default_optimizer(100),
+    )
     x0 = jax.random.normal(jax.random.key(8), (6, 4))
     sample = jax.jit(lambda params, label: family.sample(params, u, x0, {"label": label}))
     for label in (jnp.zeros(6, int), jnp.array([1, 0, 1, 1, 0, 1])):

@@ -45,7 +45,7 @@ class BNS:
       sigma0: the preconditioning scale (1: none).
       scheduler: the model's scheduler (for exponential sources, edm and ``sigma0 != 1``).
       default_steps, default_batch_size: training defaults for ``bj.train``, with
-        ``default_learning_rate(steps)``.
+        ``default_optimizer(steps)`` (or Adam with ``default_learning_rate(steps)``).
       initial: the source solver's ``NSCoefficients`` (read off it when the family is built).
     """
 
@@ -79,12 +79,25 @@ class BNS:
         n = self.nfe
         return {"grid": jnp.zeros(n + 1), "a": jnp.zeros(n + 1), "b": jnp.zeros((n, n))}
 
+    def default_optimizer(self, steps: int | None = None) -> optax.GradientTransformation:
+        """Prodigy (Adam whose step size is estimated from the distance travelled from the init)
+        with a 5% warm-up and cosine decay to 0 over ``steps``.
+
+        The distance from the source solver to the optimum differs by orders of magnitude between
+        models (a closed-form mixture and a guided network), so no fixed Adam learning rate suits
+        both; Prodigy matched the best tuned Adam rate on the mixture and beat it on digits.
+        """
+        steps = self.default_steps if steps is None else steps
+        schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, max(steps // 20, 1), steps, 0.0)
+        return optax.contrib.prodigy(schedule, safeguard_warmup=True)
+
     def default_learning_rate(self, steps: int | None = None) -> optax.Schedule:
-        """Adam's learning rate: a 5% warm-up to ``peak``, then cosine decay to 0 over ``steps``.
+        """Adam's learning rate when ``default_optimizer`` is not used: a 5% warm-up to ``peak``,
+        then cosine decay to 0 over ``steps``.
 
         ``peak = 8e-3 (4 / n)^2``: the residuals are in units of ``h = 1 / n`` and the distance
         from the source solver to the optimum shrinks with ``n`` (tuned on the 64-d mixture
-        from a midpoint init, NFE 4-20; a UniPC init is insensitive to it).
+        from a midpoint init, NFE 4-20; guided digits wanted 10x more).
         """
         steps = self.default_steps if steps is None else steps
         peak = 8e-3 * (4.0 / self.nfe) ** 2

@@ -147,7 +147,7 @@ def _read(path: Path, x0, request: dict, probe_outputs: np.ndarray) -> TrainingD
                 f"{field!r} is {header.get(field)!r}, not {value!r}. {delete}"
             )
     for name, value in arrays.items():
-        if header["checksums"].get(name) != array_hash(value):
+        if header.get("checksums", {}).get(name) != array_hash(value):
             raise ValueError(f"The ground-truth cache entry {path} is damaged ({name}). {delete}")
     stored_probe = arrays["probe"]
     scale = float(np.max(np.abs(stored_probe))) or 1.0

@@ -150,9 +150,8 @@ def save_solver(path, family: Family, params: Params, metadata: dict | None = No
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         host = jax.tree.map(np.asarray, params)
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / _PARAMS_DIR, host)
-            checkpointer.wait_until_finished()
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            checkpointer.save(tmp / _PARAMS_DIR, args=ocp.args.StandardSave(host))
         (tmp / _META_FILE).write_text(text)
         _replace_dir(tmp, path)
     except BaseException:
@@ -204,8 +203,10 @@ def load_solver(path, family: Family | str | None = None) -> tuple[Family, Param
             f"{record['family']} (expected {_shapes(abstract)})."
         )
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            params = checkpointer.restore(path / _PARAMS_DIR, abstract)
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            params = checkpointer.restore(
+                path / _PARAMS_DIR, args=ocp.args.StandardRestore(abstract)
+            )
     except Exception as err:  # Orbax / TensorStore errors have no common base class
         raise ValueError(f"{path} is damaged: its parameters cannot be read ({err}).") from None
     if params_sha256(params) != record.get("params_sha256"):
