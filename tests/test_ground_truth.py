@@ -1,4 +1,4 @@
-"""Ground truth: accuracy at the default tolerances, per-sample args, saved paths, named failures."""
+"""Ground truth: accuracy at default tolerances, per-sample args, saved paths, named failures."""
 
 import jax
 import jax.numpy as jnp
