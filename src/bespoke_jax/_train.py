@@ -186,8 +186,9 @@ def train(
       steps, batch_size: optimisation steps and minibatch size; default the family's
         ``default_steps`` and ``default_batch_size`` (else 1000 and 40). ``batch_size`` must
         be a multiple of the number of devices of the mesh.
-      learning_rate: a float or an Optax schedule for Adam (ignored with ``optimizer``);
-        default ``family.default_learning_rate(steps)`` (else 1e-3).
+      learning_rate: a float or an Optax schedule for Adam (ignored with ``optimizer``).
+        With neither given: ``family.default_optimizer(steps)`` where the family has one,
+        else Adam at ``family.default_learning_rate(steps)`` (else 1e-3).
       loss: ``loss(params, u, batch, args) -> scalar``; default ``family.loss``.
       eval_every: steps between validation evaluations.
       data_range: R of the validation PSNR.
@@ -242,11 +243,15 @@ def train(
             f"steps, eval_every and checkpoint_every must be positive, got {steps}, "
             f"{eval_every}, {checkpoint_every}."
         )
-    if learning_rate is None:
-        default = getattr(family, "default_learning_rate", None)
-        learning_rate = 1e-3 if default is None else default(steps)
+    family_optimizer = getattr(family, "default_optimizer", None)
+    if optimizer is None and learning_rate is None and family_optimizer is not None:
+        optimizer = family_optimizer(steps)
+    if optimizer is None:
+        if learning_rate is None:
+            default = getattr(family, "default_learning_rate", None)
+            learning_rate = 1e-3 if default is None else default(steps)
+        optimizer = optax.adam(learning_rate)
     loss = family.loss if loss is None else loss
-    optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
     impl, key_data = _key_data(key)
 
     def solve(x0, field_args, save_ts):
