@@ -27,6 +27,7 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
+from bespoke_jax._report import records_table
 
 NFES = tuple(range(4, 21, 2))
 DEDICATED = ("dpm_solver_pp", "unipc")
@@ -219,18 +220,15 @@ def digits_rows(
     return rows
 
 
+def cell(value) -> str:
+    """Floats with 2 decimals, missing cells as "-"."""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
 def markdown(rows: list, columns=None) -> str:
-    """A Markdown table of ``rows`` (dicts); floats with 2 decimals, missing cells as "-"."""
-
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.2f}"
-        return "-" if value is None else str(value)
-
-    columns = columns or list(dict.fromkeys(c for row in rows for c in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return records_table(rows, columns, cell)
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ import numpy as np
 import bespoke_jax as bj
 from bespoke_jax import solvers
 from bespoke_jax._paths import hermite
+from bespoke_jax._report import records_table
 
 NFES = (4, 6, 8, 10, 12, 16)
 DIRECT_NFES = (4, 8, 16)
@@ -141,18 +142,15 @@ def interpolation_rows(
     return rows
 
 
+def cell(value) -> str:
+    """Floats with 2 decimals, or 2 significant digits when small; missing cells empty."""
+    if isinstance(value, float):
+        return f"{value:.2e}" if 0 < abs(value) < 1e-2 else f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
 def markdown(rows: list, columns=None) -> str:
-    """A Markdown table of ``rows`` (dicts); floats with 2 decimals, or 2 digits when small."""
-
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.2e}" if 0 < abs(value) < 1e-2 else f"{value:.2f}"
-        return str(value)
-
-    columns = columns or list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return records_table(rows, columns, cell)
 
 
 def main():

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 import bespoke_jax as bj
+from bespoke_jax._report import records_table
 
 DIMS = (64, 256, 1024, 3072, 12288)
 NFES = (4, 8, 12, 16, 20)
@@ -223,21 +224,19 @@ def forwards_rows(quick: bool = False) -> list[dict]:
     return [forwards_row(model, s) for model in ("mixture", "digits") for s in settings]
 
 
+def cell(value) -> str:
+    """Floats with 3 significant digits (thousands separated when large), ints separated."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
 def markdown(rows: list[dict], columns=None) -> str:
-    columns = list(rows[0]) if columns is None else columns
-
-    def cell(value):
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return records_table(rows, columns, cell)
 
 
 def main(argv=None):

@@ -149,17 +149,22 @@ def ground_truth(
         )
         x1 = jax.block_until_ready(x1)
     except Exception as err:  # jax wraps the runtime error in a backend-specific type
-        text = str(err)
-        if "NaN or inf" in text:
-            raise RuntimeError(nonfinite_message(u, x0, args, "ground truth")) from None
-        if "maximum number of solver steps" in text:
-            raise RuntimeError(
-                f"The ground-truth solve did not converge within max_steps={max_steps} "
-                f"(rtol={rtol}, atol={atol}). Increase max_steps or loosen rtol/atol."
-            ) from None
-        raise
+        raise named_failure(err, u, x0, args, rtol=rtol, atol=atol, max_steps=max_steps) from None
     nfe_per_sample = np.asarray(steps) * _EVALS_PER_STEP + 1
     return GroundTruth(x1, int(nfe_per_sample.max()), nfe_per_sample, xs, save_ts)
+
+
+def named_failure(err: Exception, u, x0, args, *, rtol, atol, max_steps) -> Exception:
+    """The ``RuntimeError`` that names a failed ground-truth solve, or ``err`` itself."""
+    text = str(err)
+    if "NaN or inf" in text:
+        return RuntimeError(nonfinite_message(u, jnp.asarray(x0), args, "ground truth"))
+    if "maximum number of solver steps" in text:
+        return RuntimeError(
+            f"The ground-truth solve did not converge within max_steps={max_steps} "
+            f"(rtol={rtol}, atol={atol}). Increase max_steps or loosen rtol/atol."
+        )
+    return err
 
 
 class _Axes:

@@ -11,7 +11,7 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -57,14 +57,25 @@ def _cell(value) -> str:
     return str(value)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """A GitHub Markdown table; floats with two decimals, NaN as ``-``."""
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], cell: Callable = _cell) -> str:
+    """A GitHub Markdown table; ``cell`` formats each value (default: floats with two
+    decimals, NaN as ``-``)."""
     lines = [
         "| " + " | ".join(map(str, header)) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def records_table(
+    rows: Sequence[Mapping], columns: Sequence[str] | None = None, cell: Callable = _cell
+) -> str:
+    """A Markdown table of dict ``rows`` (no trailing newline); ``columns`` default to every
+    key in order of appearance, and a missing value is passed to ``cell`` as ``None``."""
+    columns = columns or list(dict.fromkeys(c for row in rows for c in row))
+    body = [[row.get(c) for c in columns] for row in rows]
+    return markdown_table(columns, body, cell).rstrip("\n")
 
 
 def psnr_table(psnr: Mapping[str, Mapping[int, float]], nfes: Sequence[int]) -> str:

@@ -28,9 +28,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._checks import check_batch, nonfinite_message
+from ._checks import check_batch
 from ._data import TrainingData
-from ._ground_truth import _EVALS_PER_STEP, _Axes, _solve
+from ._ground_truth import _EVALS_PER_STEP, _Axes, _solve, named_failure
 
 AXIS = "batch"
 CHUNK_SIZE = 32
@@ -202,17 +202,7 @@ def sharded_training_data(
     try:
         out = to_host(jax.block_until_ready(_solve_sharded(x0_dev, leaves_dev, ts, **static)))
     except Exception as err:  # jax wraps the runtime error in a backend-specific type
-        text = str(err)
-        if "NaN or inf" in text:
-            raise RuntimeError(
-                nonfinite_message(u, jnp.asarray(x0), args, "ground truth")
-            ) from None
-        if "maximum number of solver steps" in text:
-            raise RuntimeError(
-                f"The ground-truth solve did not converge within max_steps={max_steps} "
-                f"(rtol={rtol}, atol={atol}). Increase max_steps or loosen rtol/atol."
-            ) from None
-        raise
+        raise named_failure(err, u, x0, args, rtol=rtol, atol=atol, max_steps=max_steps) from None
     x1, steps, xs, us = (None if y is None else y[:n] for y in out)
     nfe = int(steps.max()) * _EVALS_PER_STEP + 1
     if save_ts is None:
