@@ -37,6 +37,12 @@ RUNS = [(name, name, None) for name in solvers.NAMES] + [
     (label, name, "logsnr") for label, name in zip(LOGSNR, DEDICATED, strict=True)
 ]
 SIZES = (520, 1024, 1024)
+SPEED_NOTE = (
+    "Each BNS step reads all n + 1 stored vectors (the noise and the velocities so far) once, "
+    "(n + 1) B d floats, next to the model call's own passes over the batch. The closed-form "
+    "mixture's call is only a few such passes, so there the combine shows and grows with NFE; "
+    "next to a network call it does not (time / Euler in the digits table below)."
+)
 
 
 def noise_sets(shape, sizes=SIZES, seed: int = 1):
@@ -248,6 +254,7 @@ def main(argv=None):
             markdown(mixture, [*columns, "BNS - best dedicated", "BNS - best baseline"]),
             "### Training cost and sampling speed",
             markdown(mixture, ["NFE", "train s", "model calls", "time / Euler"]),
+            SPEED_NOTE,
             f"### NFE each baseline needs to match BNS at NFE 8 ({at8:.2f} dB)",
             markdown(matching_rows(at8, sizes, max_nfe=64 if quick else 2048)),
             "## BNS on the digits model (held-out PSNR, dB, R = 2)",

@@ -1,11 +1,15 @@
 """Cost curves of the training engine: ground truth, training steps, memory and model forwards.
 
 1. Ground truth against the sample dimension d (64 to 3x64x64 = 12288): a 32-component mixture
-   (std 0.05, CondOT) in dimension d, 64 noise samples. The adaptive solve (``bj.ground_truth``,
-   per-sample Dopri5, rtol = atol = 1e-5) against the same number of batched model calls in a
-   ``lax.scan`` (its "raw calls": the solve calls the field ``nfe`` times on the whole batch),
-   and the engine's sharded, chunked solve (``bj.sharded_training_data``). Steady-state times
-   (compiled on other noise of the same shape; the best of 2 calls).
+   (std 0.05, CondOT) in dimension d, 64 noise samples, then the shipped ``digits`` network at
+   guidance 2. The adaptive solve (``bj.ground_truth``, per-sample Dopri5, rtol = atol = 1e-5)
+   against the same number of batched model calls in a ``lax.scan`` (its "raw calls": the solve
+   calls the field ``nfe`` times on the whole batch), and the engine's sharded, chunked solve
+   (``bj.sharded_training_data``). Steady-state times: compiled first, then the median of 9
+   calls of each, taking turns. Dopri5's own vector arithmetic per step (stage sums, error
+   norm, and under ``vmap`` the selects of finished samples) is a fixed number of passes over
+   the state: next to the closed-form field, whose call is a few passes too, it shows; next to
+   a network it does not.
 2. Training-step time (BNS, batch 40, Adam) against d at NFE 8 and against NFE at d = 64.
 3. Memory of BNS backpropagation at NFE 16, batch 40: XLA's compiled temporary bytes of the
    gradient with and without rematerialisation (``train(..., remat=True)``: ``jax.checkpoint``
@@ -56,42 +60,57 @@ def _seconds(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def _best(fn, *args, repeats: int = 2) -> float:
-    return min(_seconds(fn, *args) for _ in range(repeats))
+def _interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Median seconds of each zero-argument call, the calls taking turns ``repeats`` times, so
+    that a slow spell of the shared machine hits them all alike."""
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name].append(_seconds(call))
+    return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
-def raw_calls(u, x, nfe: int):
+def raw_calls(u, x, nfe: int, args=None):
     """``nfe`` calls of ``u`` on the batch ``x`` in a ``lax.scan``: Euler steps of size 1 / nfe."""
 
     def call(x, t):
-        return x + u(t, x, None) / nfe, None
+        return x + u(t, x, args) / nfe, None
 
     return jax.lax.scan(call, x, jnp.linspace(0.0, 1.0, nfe, endpoint=False))[0]
 
 
-def ground_truth_rows(dims=DIMS, n: int = 64) -> list[dict]:
-    """One row per dimension: adaptive and sharded ground-truth times and the raw-call ratio."""
+def ground_truth_problems(dims=DIMS, n: int = 64):
+    """``(field, d, u, x0, args)``: the mixture in each dimension, then the shipped ``digits``
+    network (8x8, guidance 2: two network passes per call) on the same number of samples."""
+    problems = [("mixture", d, mixture_field(d), noise(2, n, d), None) for d in dims]
+    digits = bj.pretrained("digits")
+    args = digits.args(np.arange(n) % digits.num_classes, guidance=2.0)
+    x0 = jax.random.normal(jax.random.key(2), (n, *digits.shape))
+    return problems + [("digits network", x0[0].size, digits.velocity, x0, args)]
+
+
+def ground_truth_rows(problems, repeats: int = 9) -> list[dict]:
+    """One row per problem: adaptive and sharded ground-truth times over their raw calls
+    (medians of ``repeats`` interleaved calls)."""
     rows = []
-    for dim in dims:
-        u = mixture_field(dim)
-        x0 = noise(2, n, dim)
-        gt = bj.ground_truth(u, x0)  # compiles; its NFE sets the raw calls
-        bj.sharded_training_data(u, x0)
-        scan = jax.jit(lambda x, u=u, nfe=gt.nfe: raw_calls(u, x, nfe))
-        scan(x0)
-        adaptive = _best(bj.ground_truth, u, x0)
-        raw = _best(scan, x0)
-        sharded = _best(bj.sharded_training_data, u, x0)
-        rows.append(
+    for field, dim, u, x0, args in problems:
+        gt = bj.ground_truth(u, x0, args=args)  # compiles; its NFE sets the raw calls
+        bj.sharded_training_data(u, x0, args=args)
+        scan = jax.jit(lambda x, a, u=u, nfe=gt.nfe: raw_calls(u, x, nfe, a))
+        scan(x0, args)
+        seconds = _interleaved_medians(
             {
-                "d": dim,
-                "GT NFE": gt.nfe,
-                "GT s": adaptive,
-                "raw calls s": raw,
-                "GT / raw": adaptive / raw,
-                "sharded GT s": sharded,
-            }
+                "GT s": lambda u=u, x0=x0, a=args: bj.ground_truth(u, x0, args=a).x1,
+                "raw calls s": lambda scan=scan, x0=x0, a=args: scan(x0, a),
+                "sharded GT s": lambda u=u, x0=x0, a=args: (
+                    bj.sharded_training_data(u, x0, args=a).x1
+                ),
+            },
+            repeats,
         )
+        rows.append({"field": field, "d": dim, "GT NFE": gt.nfe, **seconds})
+        rows[-1]["GT / raw"] = seconds["GT s"] / seconds["raw calls s"]
+        rows[-1]["sharded / raw"] = seconds["sharded GT s"] / seconds["raw calls s"]
     return rows
 
 
@@ -249,8 +268,8 @@ def main(argv=None):
     text = "\n\n".join(
         [
             "## Costs of the training engine",
-            "### Ground truth against the sample dimension (64 samples; target GT / raw <= 1.2)",
-            markdown(ground_truth_rows(dims)),
+            "### Ground truth over its raw model calls (64 samples; target GT / raw <= 1.2)",
+            markdown(ground_truth_rows(ground_truth_problems(dims))),
             "### Training step (BNS, batch 40) against dimension and NFE",
             markdown(training_rows(dims, (4, 8) if quick else NFES)),
             "### BNS backpropagation memory, with and without rematerialisation (batch 40)",

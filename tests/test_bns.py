@@ -223,3 +223,19 @@ def test_config_round_trip():
     again = bj.family_from_config({"name": family.name, **family.config()})
     assert again == family
     np.testing.assert_array_equal(again.initial.b, family.initial.b)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 19, 40])
+def test_default_schedules_step_from_the_first_step(steps):
+    """Warm-up ``steps // 20`` never leaves a zero-length decay, and a short run still moves."""
+    family = bj.bns(4, scheduler=SCHEDULER)
+    rates = [float(family.default_learning_rate(steps)(i)) for i in range(steps)]
+    assert np.all(np.isfinite(rates)) and max(rates[:2]) > 0
+    bst_rates = [float(bj.bst(4).default_learning_rate(steps)(i)) for i in range(steps)]
+    assert np.all(np.isfinite(bst_rates)) and max(bst_rates[:2]) > 0
+    params = family.init()
+    optimizer = family.default_optimizer(steps)
+    updates, _ = optimizer.update(
+        jax.tree.map(jnp.ones_like, params), optimizer.init(params), params
+    )
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(updates))

@@ -1,6 +1,7 @@
 """bespoke_jax: learned few-step ODE solvers for pre-trained diffusion and flow-matching models."""
 
 from . import solvers as solvers
+from ._bns import BNS as BNS
 from ._bns import bns as bns
 from ._bst import BST as BST
 from ._bst import bst as bst

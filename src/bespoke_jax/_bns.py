@@ -88,7 +88,7 @@ class BNS:
         both; Prodigy matched the best tuned Adam rate on the mixture and beat it on digits.
         """
         steps = self.default_steps if steps is None else steps
-        schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, max(steps // 20, 1), steps, 0.0)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, steps // 20, steps, 0.0)
         return optax.contrib.prodigy(schedule, safeguard_warmup=True)
 
     def default_learning_rate(self, steps: int | None = None) -> optax.Schedule:
@@ -101,7 +101,7 @@ class BNS:
         """
         steps = self.default_steps if steps is None else steps
         peak = 8e-3 * (4.0 / self.nfe) ** 2
-        return optax.warmup_cosine_decay_schedule(0.0, peak, max(steps // 20, 1), steps, 0.0)
+        return optax.warmup_cosine_decay_schedule(0.0, peak, steps // 20, steps, 0.0)
 
     def solver(self, params) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The NS coefficients ``(ts (n,), a (n + 1,), b (n, n))`` of ``params``."""

@@ -118,7 +118,7 @@ class BST:
     def default_learning_rate(self, steps: int | None = None) -> optax.Schedule:
         """Adam's learning rate: a short warm-up, then cosine decay to 0 over ``steps``."""
         steps = self.default_steps if steps is None else steps
-        return optax.warmup_cosine_decay_schedule(0.0, 1e-2, max(steps // 20, 1), steps, 0.0)
+        return optax.warmup_cosine_decay_schedule(0.0, 1e-2, steps // 20, steps, 0.0)
 
     def coefficients(self, params) -> dict:
         """The decoded transform on the grid ``r_j = j / m``.
