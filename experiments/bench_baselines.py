@@ -18,7 +18,9 @@ import jax
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
+from bespoke_jax._report import atomic_write
 
+ROOT = Path(__file__).resolve().parents[1]
 NFES = (4, 6, 8, 10, 12, 16)
 # (solver name, keyword arguments, NFE offset from the column's NFE, <= 0)
 VARIANTS = (
@@ -102,9 +104,7 @@ def to_markdown(rows: dict, truth_nfe: int, nfes=NFES, num_samples: int = 1024) 
 def main():
     rows, truth_nfe = psnr_table()
     text = to_markdown(rows, truth_nfe)
-    out = Path(__file__).resolve().parents[1] / "runs" / "bench_baselines.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    atomic_write(ROOT / "runs" / "bench_baselines.md", text)
     print(text)
 
 

@@ -27,8 +27,9 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax._report import records_table
+from bespoke_jax._report import atomic_write, records_table
 
+ROOT = Path(__file__).resolve().parents[1]
 NFES = tuple(range(4, 21, 2))
 DEDICATED = ("dpm_solver_pp", "unipc")
 LOGSNR = tuple(f"{name} (logsnr)" for name in DEDICATED)
@@ -263,9 +264,7 @@ def main(argv=None):
         ]
     )
     print(text)
-    out = Path("runs")
-    out.mkdir(exist_ok=True)
-    (out / "bench_bns.md").write_text(text + "\n")
+    atomic_write(ROOT / "runs" / "bench_bns.md", text + "\n")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import numpy as np
 import bespoke_jax as bj
 from bespoke_jax import solvers
 from bespoke_jax._paths import hermite
-from bespoke_jax._report import records_table
+from bespoke_jax._report import atomic_write, records_table
 
+ROOT = Path(__file__).resolve().parents[1]
 NFES = (4, 6, 8, 10, 12, 16)
 DIRECT_NFES = (4, 8, 16)
 
@@ -184,9 +185,7 @@ def main():
         ]
     )
     print(text)
-    out = Path("runs")
-    out.mkdir(exist_ok=True)
-    (out / "bench_bst.md").write_text(text + "\n")
+    atomic_write(ROOT / "runs" / "bench_bst.md", text + "\n")
 
 
 if __name__ == "__main__":

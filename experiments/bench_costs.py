@@ -37,8 +37,9 @@ import numpy as np
 import optax
 
 import bespoke_jax as bj
-from bespoke_jax._report import records_table
+from bespoke_jax._report import atomic_write, records_table
 
+ROOT = Path(__file__).resolve().parents[1]
 DIMS = (64, 256, 1024, 3072, 12288)
 NFES = (4, 8, 12, 16, 20)
 PAPER_FORWARDS = 9.7e6
@@ -281,9 +282,7 @@ def main(argv=None):
         ]
     )
     print(text)
-    out = Path("runs")
-    out.mkdir(exist_ok=True)
-    (out / "bench_costs.md").write_text(text + "\n")
+    atomic_write(ROOT / "runs" / "bench_costs.md", text + "\n")
 
 
 if __name__ == "__main__":

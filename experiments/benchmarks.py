@@ -16,6 +16,8 @@ from pathlib import Path
 
 import jax
 
+from bespoke_jax._report import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("bench_baselines", "bench_bst", "bench_bns", "bench_costs")
 
@@ -54,11 +56,7 @@ def main(argv=None) -> None:
         for name in BENCHMARKS:
             print(f"== {name}", flush=True)
             importlib.import_module(f"experiments.{name}").main()
-    out = ROOT / "BENCHMARKS.md"
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(assemble())
-    tmp.replace(out)
-    print(f"wrote {out.name}")
+    print(f"wrote {atomic_write(ROOT / 'BENCHMARKS.md', assemble()).name}")
 
 
 if __name__ == "__main__":

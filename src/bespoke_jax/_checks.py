@@ -22,6 +22,14 @@ def check_batch(x, args, name: str = "x0") -> None:
         raise ValueError(f"{name} contains NaN or inf values.")
 
 
+def check_save_ts(save_ts, dtype) -> np.ndarray:
+    """``save_ts`` as a NumPy array of ``dtype``: strictly increasing, 1-D, inside [0, 1]."""
+    ts = np.asarray(save_ts, dtype=dtype)
+    if ts.ndim != 1 or np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] > 1:
+        raise ValueError("save_ts must be a strictly increasing 1-D array inside [0, 1].")
+    return ts
+
+
 def first_nonfinite(u: Callable, x0, args, num_steps: int = 64):
     """Walk an Euler path of ``u`` from ``x0``; the first ``(t, sample index)`` where ``u`` or
     the state is NaN/inf, or ``None`` when the whole path is finite."""

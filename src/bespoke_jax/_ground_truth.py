@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._args import batch_axes
-from ._checks import check_batch, nonfinite_message
+from ._checks import check_batch, check_save_ts, nonfinite_message
 
 # Dopri5 is FSAL: 6 new stage evaluations per step after the first.
 _EVALS_PER_STEP = 6
@@ -130,10 +130,7 @@ def ground_truth(
     x0 = jnp.asarray(x0)
     check_batch(x0, args, "x0")
     if save_ts is not None:
-        save_ts = jnp.asarray(save_ts, dtype=x0.dtype)
-        ts_np = np.asarray(save_ts)
-        if ts_np.ndim != 1 or np.any(np.diff(ts_np) <= 0) or ts_np[0] < 0 or ts_np[-1] > 1:
-            raise ValueError("save_ts must be a strictly increasing 1-D array inside [0, 1].")
+        save_ts = jnp.asarray(check_save_ts(save_ts, x0.dtype))
     axes_static = _Axes(args, x0.shape[0]) if per_sample else None
     try:
         x1, xs, steps = _solve(
@@ -150,8 +147,13 @@ def ground_truth(
         x1 = jax.block_until_ready(x1)
     except Exception as err:  # jax wraps the runtime error in a backend-specific type
         raise named_failure(err, u, x0, args, rtol=rtol, atol=atol, max_steps=max_steps) from None
-    nfe_per_sample = np.asarray(steps) * _EVALS_PER_STEP + 1
+    nfe_per_sample = model_calls(steps)
     return GroundTruth(x1, int(nfe_per_sample.max()), nfe_per_sample, xs, save_ts)
+
+
+def model_calls(steps) -> np.ndarray:
+    """Field evaluations of Dopri5 solves that took ``steps`` (accepted plus rejected) steps."""
+    return np.asarray(steps) * _EVALS_PER_STEP + 1
 
 
 def named_failure(err: Exception, u, x0, args, *, rtol, atol, max_steps) -> Exception:

@@ -28,9 +28,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._checks import check_batch
+from ._checks import check_batch, check_save_ts
 from ._data import TrainingData
-from ._ground_truth import _EVALS_PER_STEP, _Axes, _solve, named_failure
+from ._ground_truth import _Axes, _solve, model_calls, named_failure
 
 AXIS = "batch"
 CHUNK_SIZE = 32
@@ -179,9 +179,7 @@ def sharded_training_data(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if save_ts is not None:
-        save_ts = np.asarray(save_ts, dtype=x0.dtype)
-        if save_ts.ndim != 1 or np.any(np.diff(save_ts) <= 0) or save_ts[0] < 0 or save_ts[-1] > 1:
-            raise ValueError("save_ts must be a strictly increasing 1-D array inside [0, 1].")
+        save_ts = check_save_ts(save_ts, x0.dtype)
     mesh = data_mesh() if mesh is None else mesh
     n = x0.shape[0]
     per_device = math.ceil(n / (chunk_size * mesh.size)) * chunk_size
@@ -204,7 +202,7 @@ def sharded_training_data(
     except Exception as err:  # jax wraps the runtime error in a backend-specific type
         raise named_failure(err, u, x0, args, rtol=rtol, atol=atol, max_steps=max_steps) from None
     x1, steps, xs, us = (None if y is None else y[:n] for y in out)
-    nfe = int(steps.max()) * _EVALS_PER_STEP + 1
+    nfe = int(model_calls(steps.max()))
     if save_ts is None:
         return TrainingData(x0, x1, nfe=nfe)
     return TrainingData(x0, x1, save_ts, xs, us, nfe + len(save_ts))
