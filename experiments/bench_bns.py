@@ -27,7 +27,7 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax._report import atomic_write, records_table
+from bespoke_jax.app.report import atomic_write, records_table
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = tuple(range(4, 21, 2))

@@ -21,8 +21,8 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax._paths import hermite
-from bespoke_jax._report import atomic_write, records_table
+from bespoke_jax.app.report import atomic_write, records_table
+from bespoke_jax.truth.paths import hermite
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = (4, 6, 8, 10, 12, 16)

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 import bespoke_jax as bj
-from bespoke_jax._report import atomic_write, records_table
+from bespoke_jax.app.report import atomic_write, records_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = (64, 256, 1024, 3072, 12288)

@@ -1,6 +1,6 @@
 """Train the shipped ``checkerboard`` flow model (see ``--help``)."""
 
-from bespoke_jax._model_training import main
+from experiments.shipped_models.training import main
 
 if __name__ == "__main__":
     main("checkerboard")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bespoke_jax as bj
-from bespoke_jax._schedulers import scheduler_from_config
+from bespoke_jax.core.schedulers import scheduler_from_config
 
 X0 = jnp.ones((2, 3))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bespoke_jax as bj
-from bespoke_jax._schedulers import Scaled
+from bespoke_jax.core.schedulers import Scaled
 from bespoke_jax.solvers import NAMES, SOLVERS, SPECS
 
 SCHEDULER = bj.cond_ot()

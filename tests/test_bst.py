@@ -7,7 +7,7 @@ import pytest
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax._paths import hermite, save_times
+from bespoke_jax.truth.paths import hermite, save_times
 
 BASE_SOLVER = {"rk1": solvers.euler, "rk2": solvers.midpoint}
 ORDER = {"rk1": 1, "rk2": 2}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bespoke_jax._cli import main
-from bespoke_jax._user_model import load_model
+from bespoke_jax.app.cli import main
+from bespoke_jax.app.user_model import load_model
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:mixture"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

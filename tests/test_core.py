@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import bespoke_jax as bj
-from bespoke_jax._outputs import PREDICTIONS, data_prediction
-from bespoke_jax._schedulers import VE, Scaled, scheduler_from_config
-from bespoke_jax._transforms import ScaleTime
+from bespoke_jax.core.outputs import PREDICTIONS, data_prediction
+from bespoke_jax.core.schedulers import VE, Scaled, scheduler_from_config
+from bespoke_jax.core.transforms import ScaleTime
 
 SCHEDULERS = {
     "cond_ot": bj.cond_ot(),

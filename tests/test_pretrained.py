@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bespoke_jax._model_data import checkerboard_sample, dark_square
-from bespoke_jax._model_quality import digits_sample_quality, missed_targets, rk4_sample
-from bespoke_jax._model_training import TrainConfig, train_pretrained
-from bespoke_jax._pretrained import NAMES, load, pretrained
+from bespoke_jax.models.pretrained import NAMES, load, pretrained
+from experiments.shipped_models.data import checkerboard_sample, dark_square
+from experiments.shipped_models.quality import digits_sample_quality, missed_targets, rk4_sample
+from experiments.shipped_models.training import TrainConfig, train_pretrained
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bespoke_jax import _report
+from bespoke_jax.app import report as _report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

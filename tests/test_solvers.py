@@ -7,7 +7,7 @@ import pytest
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax._schedulers import VE
+from bespoke_jax.core.schedulers import VE
 
 SCHEDULERS = {"cond_ot": bj.cond_ot(), "cosine": bj.cosine(), "vp": bj.vp()}
 NEEDS_SCHEDULER = [name for name in solvers.NAMES if solvers.SPECS[name].requires_scheduler]

@@ -17,7 +17,7 @@ import pytest
 import train_worker
 
 import bespoke_jax as bj
-from bespoke_jax import _cache
+from bespoke_jax.io import cache as _cache
 
 HERE = Path(__file__).parent
 RUN = {"steps": 60, "batch_size": 8, "eval_every": 10}

@@ -1,38 +1,101 @@
-"""bespoke_jax: learned few-step ODE solvers for pre-trained diffusion and flow-matching models."""
+"""bespoke_jax: learned few-step ODE solvers for pre-trained diffusion and flow-matching models.
 
-from . import solvers as solvers
-from ._bns import BNS as BNS
-from ._bns import bns as bns
-from ._bst import BST as BST
-from ._bst import bst as bst
-from ._cache import cached_training_data as cached_training_data
-from ._data import TrainingData as TrainingData
-from ._data import make_training_data as make_training_data
-from ._family import FAMILIES as FAMILIES
-from ._family import family_from_config as family_from_config
-from ._ground_truth import GroundTruth as GroundTruth
-from ._ground_truth import ground_truth as ground_truth
-from ._metrics import psnr as psnr
-from ._metrics import rmse as rmse
-from ._mixture import GaussianMixture as GaussianMixture
-from ._outputs import guided as guided
-from ._outputs import to_velocity as to_velocity
-from ._pretrained import Pretrained as Pretrained
-from ._pretrained import pretrained as pretrained
-from ._schedulers import Scheduler as Scheduler
-from ._schedulers import cond_ot as cond_ot
-from ._schedulers import cosine as cosine
-from ._schedulers import vp as vp
-from ._sharding import data_mesh as data_mesh
-from ._sharding import sharded_training_data as sharded_training_data
-from ._storage import export_solver as export_solver
-from ._storage import load_solver as load_solver
-from ._storage import save_solver as save_solver
-from ._train import TrainResult as TrainResult
-from ._train import train as train
-from ._transforms import ScaleTime as ScaleTime
-from ._transforms import precondition as precondition
-from ._transforms import scale_time as scale_time
-from ._transforms import scheduler_change as scheduler_change
+The public names below are imported on first use (PEP 562), so that ``import bespoke_jax`` and the
+command line's ``--help`` do not pay for importing JAX. ``ARCHITECTURE.md`` shows where each lives.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "solvers": "bespoke_jax.solvers",
+    "BNS": "bespoke_jax.families.bns",
+    "bns": "bespoke_jax.families.bns",
+    "BST": "bespoke_jax.families.bst",
+    "bst": "bespoke_jax.families.bst",
+    "FAMILIES": "bespoke_jax.families.registry",
+    "family_from_config": "bespoke_jax.families.registry",
+    "cached_training_data": "bespoke_jax.io.cache",
+    "export_solver": "bespoke_jax.io.storage",
+    "load_solver": "bespoke_jax.io.storage",
+    "save_solver": "bespoke_jax.io.storage",
+    "TrainingData": "bespoke_jax.truth.data",
+    "make_training_data": "bespoke_jax.truth.data",
+    "GroundTruth": "bespoke_jax.truth.adaptive",
+    "ground_truth": "bespoke_jax.truth.adaptive",
+    "data_mesh": "bespoke_jax.truth.sharded",
+    "sharded_training_data": "bespoke_jax.truth.sharded",
+    "psnr": "bespoke_jax.core.metrics",
+    "rmse": "bespoke_jax.core.metrics",
+    "guided": "bespoke_jax.core.outputs",
+    "to_velocity": "bespoke_jax.core.outputs",
+    "Scheduler": "bespoke_jax.core.schedulers",
+    "cond_ot": "bespoke_jax.core.schedulers",
+    "cosine": "bespoke_jax.core.schedulers",
+    "vp": "bespoke_jax.core.schedulers",
+    "ScaleTime": "bespoke_jax.core.transforms",
+    "precondition": "bespoke_jax.core.transforms",
+    "scale_time": "bespoke_jax.core.transforms",
+    "scheduler_change": "bespoke_jax.core.transforms",
+    "GaussianMixture": "bespoke_jax.models.mixture",
+    "Pretrained": "bespoke_jax.models.pretrained",
+    "pretrained": "bespoke_jax.models.pretrained",
+    "TrainResult": "bespoke_jax.training.loop",
+    "train": "bespoke_jax.training.loop",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'bespoke_jax' has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if name == "solvers" else getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from bespoke_jax import solvers as solvers
+    from bespoke_jax.core.metrics import psnr as psnr
+    from bespoke_jax.core.metrics import rmse as rmse
+    from bespoke_jax.core.outputs import guided as guided
+    from bespoke_jax.core.outputs import to_velocity as to_velocity
+    from bespoke_jax.core.schedulers import Scheduler as Scheduler
+    from bespoke_jax.core.schedulers import cond_ot as cond_ot
+    from bespoke_jax.core.schedulers import cosine as cosine
+    from bespoke_jax.core.schedulers import vp as vp
+    from bespoke_jax.core.transforms import ScaleTime as ScaleTime
+    from bespoke_jax.core.transforms import precondition as precondition
+    from bespoke_jax.core.transforms import scale_time as scale_time
+    from bespoke_jax.core.transforms import scheduler_change as scheduler_change
+    from bespoke_jax.families.bns import BNS as BNS
+    from bespoke_jax.families.bns import bns as bns
+    from bespoke_jax.families.bst import BST as BST
+    from bespoke_jax.families.bst import bst as bst
+    from bespoke_jax.families.registry import FAMILIES as FAMILIES
+    from bespoke_jax.families.registry import family_from_config as family_from_config
+    from bespoke_jax.io.cache import cached_training_data as cached_training_data
+    from bespoke_jax.io.storage import export_solver as export_solver
+    from bespoke_jax.io.storage import load_solver as load_solver
+    from bespoke_jax.io.storage import save_solver as save_solver
+    from bespoke_jax.models.mixture import GaussianMixture as GaussianMixture
+    from bespoke_jax.models.pretrained import Pretrained as Pretrained
+    from bespoke_jax.models.pretrained import pretrained as pretrained
+    from bespoke_jax.training.loop import TrainResult as TrainResult
+    from bespoke_jax.training.loop import train as train
+    from bespoke_jax.truth.adaptive import GroundTruth as GroundTruth
+    from bespoke_jax.truth.adaptive import ground_truth as ground_truth
+    from bespoke_jax.truth.data import TrainingData as TrainingData
+    from bespoke_jax.truth.data import make_training_data as make_training_data
+    from bespoke_jax.truth.sharded import data_mesh as data_mesh
+    from bespoke_jax.truth.sharded import sharded_training_data as sharded_training_data

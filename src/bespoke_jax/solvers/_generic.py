@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._grids import resolve_grid
-from ._spec import NFERule
+from bespoke_jax.solvers._grids import resolve_grid
+from bespoke_jax.solvers._spec import NFERule
 
 ONE_PER_STEP = NFERule(1)
 TWO_PER_STEP = NFERule(2)

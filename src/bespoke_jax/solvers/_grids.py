@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._schedulers import Scheduler
+from bespoke_jax.core.schedulers import Scheduler
 
 GRIDS = ("uniform", "logsnr", "edm")
 LOGSNR_EPS = 1e-3

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from ._edm import HEUN_FINAL_EULER, edm
-from ._exponential import ddim, dpm_solver_pp, unipc
-from ._generic import FOUR_PER_STEP, ONE_PER_STEP, TWO_PER_STEP, euler, heun, ipndm, midpoint, rk4
-from ._spec import SolverSpec
+from bespoke_jax.solvers._edm import HEUN_FINAL_EULER, edm
+from bespoke_jax.solvers._exponential import ddim, dpm_solver_pp, unipc
+from bespoke_jax.solvers._generic import (
+    FOUR_PER_STEP,
+    ONE_PER_STEP,
+    TWO_PER_STEP,
+    euler,
+    heun,
+    ipndm,
+    midpoint,
+    rk4,
+)
+from bespoke_jax.solvers._spec import SolverSpec
 
 SPECS: dict[str, SolverSpec] = {
     spec.name: spec

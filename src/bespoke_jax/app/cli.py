@@ -7,8 +7,9 @@ import dataclasses
 
 import click
 
-from . import _demo, _report
-from ._user_model import load_model
+from bespoke_jax.app import demo as _demo
+from bespoke_jax.app import report as _report
+from bespoke_jax.app.user_model import load_model
 
 _MODEL_HELP = (
     "A shipped model ('digits', 'checkerboard') or an entry point 'module:function' "

@@ -13,7 +13,7 @@ import functools
 import jax
 import numpy as np
 
-from ._model_data import BOARD_SIZE, dark_square, digits
+from experiments.shipped_models.data import BOARD_SIZE, dark_square, digits
 
 TARGETS = {
     "checkerboard": {"on_board_fraction": 0.90},

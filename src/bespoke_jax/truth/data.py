@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._ground_truth import ground_truth
+from bespoke_jax.truth.adaptive import ground_truth
 
 
 class TrainingData(NamedTuple):

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ._family import Family, Params, family_from_config
-from ._schedulers import Scheduler, scheduler_from_config
-from ._transforms import precondition
+from bespoke_jax.core.schedulers import Scheduler, scheduler_from_config
+from bespoke_jax.core.transforms import precondition
+from bespoke_jax.families.base import Family, Params
+from bespoke_jax.families.registry import family_from_config
 
 FORMAT = "bespoke_jax.solver"
 EXPORT_FORMAT = "bespoke_jax.solver_export"
@@ -48,7 +49,7 @@ RESERVED = (
 
 
 def _package_version() -> str:
-    from . import __version__
+    from bespoke_jax import __version__
 
     return __version__
 

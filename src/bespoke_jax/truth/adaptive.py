@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._args import batch_axes
-from ._checks import check_batch, check_save_ts, nonfinite_message
+from bespoke_jax.core.args import batch_axes
+from bespoke_jax.core.checks import check_batch, check_save_ts, nonfinite_message
 
 # Dopri5 is FSAL: 6 new stage evaluations per step after the first.
 _EVALS_PER_STEP = 6

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from ._models import build_model
-from ._schedulers import Scheduler, scheduler_from_config
+from bespoke_jax.core.schedulers import Scheduler, scheduler_from_config
+from bespoke_jax.models.networks import build_model
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 NAMES = ("checkerboard", "digits")

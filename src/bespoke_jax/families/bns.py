@@ -29,10 +29,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from ._data import TrainingData
-from ._ns_coefficients import NSCoefficients, ns_coefficients
-from ._schedulers import Scheduler
-from ._transforms import precondition
+from bespoke_jax.core.schedulers import Scheduler
+from bespoke_jax.core.transforms import precondition
+from bespoke_jax.solvers.ns_coefficients import NSCoefficients, ns_coefficients
+from bespoke_jax.truth.data import TrainingData
 
 
 @dataclasses.dataclass(frozen=True)

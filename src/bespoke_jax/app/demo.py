@@ -20,16 +20,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import _report, solvers
-from ._bns import bns
-from ._bst import bst
-from ._cache import cached_training_data
-from ._data import TrainingData
-from ._metrics import psnr
-from ._sharding import sharded_training_data
-from ._storage import export_solver, load_solver, save_solver
-from ._train import train
-from ._user_model import UserModel, load_model
+from bespoke_jax import solvers
+from bespoke_jax.app import report as _report
+from bespoke_jax.app.user_model import UserModel, load_model
+from bespoke_jax.core.metrics import psnr
+from bespoke_jax.families.bns import bns
+from bespoke_jax.families.bst import bst
+from bespoke_jax.io.cache import cached_training_data
+from bespoke_jax.io.storage import export_solver, load_solver, save_solver
+from bespoke_jax.training.loop import train
+from bespoke_jax.truth.data import TrainingData
+from bespoke_jax.truth.sharded import sharded_training_data
 
 FAMILY_NAMES = ("bns", "bst")
 TRAIN, VAL, TEST = 0, 1, 2

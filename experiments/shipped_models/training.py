@@ -22,9 +22,11 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from . import _model_data, _model_quality, _pretrained
-from ._models import build_model, num_params
-from ._schedulers import cond_ot
+from bespoke_jax.core.schedulers import cond_ot
+from bespoke_jax.models import pretrained as _pretrained
+from bespoke_jax.models.networks import build_model, num_params
+from experiments.shipped_models import data as _model_data
+from experiments.shipped_models import quality as _model_quality
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,9 +28,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._checks import check_batch, check_save_ts
-from ._data import TrainingData
-from ._ground_truth import _Axes, _solve, model_calls, named_failure
+from bespoke_jax.core.checks import check_batch, check_save_ts
+from bespoke_jax.truth.adaptive import _Axes, _solve, model_calls, named_failure
+from bespoke_jax.truth.data import TrainingData
 
 AXIS = "batch"
 CHUNK_SIZE = 32

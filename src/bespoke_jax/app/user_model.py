@@ -40,8 +40,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from ._pretrained import NAMES, pretrained
-from ._schedulers import Scheduler
+from bespoke_jax.core.schedulers import Scheduler
+from bespoke_jax.models.pretrained import NAMES, pretrained
 
 # Classifier-free guidance of the shipped conditional model when none is asked for: the
 # demo's setting, where learned solvers gain the most over the baselines.

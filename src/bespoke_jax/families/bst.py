@@ -42,10 +42,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from ._data import TrainingData
-from ._metrics import rmse
-from ._paths import NUM_POINTS, hermite, save_times
-from ._transforms import ScaleTime
+from bespoke_jax.core.metrics import rmse
+from bespoke_jax.core.transforms import ScaleTime
+from bespoke_jax.truth.data import TrainingData
+from bespoke_jax.truth.paths import NUM_POINTS, hermite, save_times
 
 BASES = ("rk1", "rk2")
 LOSS_KINDS = ("bound", "direct")

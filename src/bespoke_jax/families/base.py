@@ -12,10 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 import jax
 
-from ._bns import bns
-from ._bst import bst
-from ._data import TrainingData
-from ._schedulers import scheduler_from_config
+from bespoke_jax.truth.data import TrainingData
 
 Params = Any
 
@@ -55,24 +52,3 @@ class Family(Protocol):
     def config(self) -> dict:
         """JSON-serialisable hyper-parameters; ``family_from_config`` rebuilds the family."""
         ...
-
-
-FAMILIES: dict[str, Callable] = {"bst": bst, "bns": bns}
-
-
-def family_from_config(config: dict) -> Family:
-    """The family that ``{"name": family.name, **family.config()}`` describes.
-
-    Raises:
-      ValueError: an unknown family name or hyper-parameters its constructor refuses.
-    """
-    kwargs = dict(config)
-    name = kwargs.pop("name", None)
-    if name not in FAMILIES:
-        raise ValueError(f"Unknown solver family {name!r}; known families: {sorted(FAMILIES)}.")
-    if isinstance(kwargs.get("scheduler"), dict):
-        kwargs["scheduler"] = scheduler_from_config(kwargs["scheduler"])
-    try:
-        return FAMILIES[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{config} does not configure the {name} family: {err}") from None

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from ._schedulers import Scheduler
+from bespoke_jax.core.schedulers import Scheduler
 
 PREDICTIONS = ("velocity", "x1", "eps", "v")
 

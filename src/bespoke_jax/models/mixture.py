@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._schedulers import Scheduler
+from bespoke_jax.core.schedulers import Scheduler
 
 
 class GaussianMixture(eqx.Module):

@@ -32,14 +32,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from ._args import take
-from ._cache import array_hash, cached_training_data
-from ._checkpoint import Checkpoints, TrainState
-from ._checks import check_batch
-from ._data import TrainingData
-from ._family import Family, Params
-from ._metrics import psnr
-from ._sharding import (
+from bespoke_jax.core.args import take
+from bespoke_jax.core.checks import check_batch
+from bespoke_jax.core.metrics import psnr
+from bespoke_jax.families.base import Family, Params
+from bespoke_jax.io.cache import array_hash, cached_training_data
+from bespoke_jax.io.checkpoints import Checkpoints, TrainState
+from bespoke_jax.truth.data import TrainingData
+from bespoke_jax.truth.sharded import (
     AXIS,
     CHUNK_SIZE,
     data_mesh,

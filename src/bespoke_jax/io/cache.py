@@ -35,9 +35,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ._args import take
-from ._data import TrainingData
-from ._sharding import CHUNK_SIZE, sharded_training_data
+from bespoke_jax.core.args import take
+from bespoke_jax.truth.data import TrainingData
+from bespoke_jax.truth.sharded import CHUNK_SIZE, sharded_training_data
 
 FORMAT_VERSION = 1
 PROBE_TIMES = (0.25, 0.5, 0.75)

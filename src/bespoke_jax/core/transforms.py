@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ._schedulers import Scaled, Scheduler
+from bespoke_jax.core.schedulers import Scaled, Scheduler
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._schedulers import Scaled, Scheduler
-from .solvers import NAMES, SOLVERS, SPECS, steps_for
+from bespoke_jax.core.schedulers import Scaled, Scheduler
+from bespoke_jax.solvers import NAMES, SOLVERS, SPECS, steps_for
 
 
 class NSCoefficients(NamedTuple):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import orbax.checkpoint as ocp
 
-from ._family import Params
+from bespoke_jax.families.base import Params
 
 
 class TrainState(NamedTuple):

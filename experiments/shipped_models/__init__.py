@@ -1,0 +1,1 @@
+"""Code that trained and checked the shipped models (not part of the installed package)."""

@@ -1,0 +1,1 @@
+"""The command line: jobs, the demo and its report."""

@@ -1,0 +1,1 @@
+"""Learned solver families: the protocol, BST, BNS and the registry by name."""

@@ -1,0 +1,1 @@
+"""Files: solver storage and export, the ground-truth cache, training checkpoints."""

@@ -1,0 +1,1 @@
+"""Models: the closed-form Gaussian mixture, the shipped networks and pretrained()."""

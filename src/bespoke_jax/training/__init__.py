@@ -1,0 +1,1 @@
+"""Training a family: the loop and its steps."""

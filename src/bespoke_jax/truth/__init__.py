@@ -1,0 +1,1 @@
+"""Ground truth: the adaptive solve, Hermite paths, training data and the sharded solve."""
