@@ -58,5 +58,5 @@ def nonfinite_message(u: Callable, x0, args, where: str) -> str:
     return (
         f"The model returned NaN or inf during {where}: first at t = {t:.4f} for sample {index}. "
         f"Check the model (and its args) at that time; eps- and x1-prediction fields are "
-        f"singular at the ends of some schedulers (MATH.md section 3)."
+        f"singular at the ends of some schedulers (docs/schedulers.md#singular-ends)."
     )

@@ -1,4 +1,4 @@
-"""Model outputs to velocity (MATH.md section 3) and classifier-free guidance.
+"""Model outputs to velocity (docs/schedulers.md) and classifier-free guidance.
 
 A model ``f(t, x, args)`` predicting ``f`` becomes the velocity ``u_t(x) = beta_t x + gamma_t f``:
 

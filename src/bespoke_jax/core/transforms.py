@@ -1,4 +1,4 @@
-"""Scale-time transformations of sampling paths (MATH.md section 4).
+"""Scale-time transformations of sampling paths (docs/transforms.md).
 
 ``xbar(r) = s_r x(t_r)`` with ``t_0 = 0``, ``t_1 = 1``, ``t`` increasing and ``s_r > 0`` solves
 

@@ -1,4 +1,4 @@
-"""Bespoke non-stationary (BNS) solvers (Shaul et al. 2024, arXiv:2403.01329; MATH.md section 7).
+"""Bespoke non-stationary (BNS) solvers (Shaul et al. 2024, arXiv:2403.01329; docs/bns.md).
 
 An n-NFE NS solver on the grid ``0 <= t_0 <= ... <= t_{n-1} <= 1`` evaluates
 

@@ -1,4 +1,4 @@
-"""Bespoke scale-time (BST) solvers (Shaul et al. 2023, arXiv:2310.19075; MATH.md section 6).
+"""Bespoke scale-time (BST) solvers (Shaul et al. 2023, arXiv:2310.19075; docs/bst.md).
 
 A BST solver takes ``n`` steps of a base Runge-Kutta method (RK1 = Euler, RK2 = midpoint) with
 ``h = 1 / n`` on the scale-time transformed field ``ubar_r(x) = (s'/s) x + t' s u_{t(r)}(x / s)``

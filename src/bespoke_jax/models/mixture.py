@@ -1,4 +1,4 @@
-"""Gaussian-mixture data: the exact marginal velocity under any scheduler (MATH.md section 9).
+"""Gaussian-mixture data: the exact marginal velocity under any scheduler (docs/ground_truth.md).
 
 Data ``q = sum_k w_k N(mu_k, s_k^2 I)``. Under the path ``x_t = alpha_t x1 + sigma_t x0`` component
 k is ``N(alpha_t mu_k, v_k(t) I)`` with ``v_k = alpha_t^2 s_k^2 + sigma_t^2``, and

@@ -1,4 +1,4 @@
-"""The EDM sampler of Karras et al. (2022), Algorithm 1 without churn (MATH.md section 4).
+"""The EDM sampler of Karras et al. (2022), Algorithm 1 without churn (docs/baselines.md#edm).
 
 The field is moved to the VE scheduler ``alphabar = 1, sigmabar_r = sigma_max (1 - r)`` by the
 scale-time transform ``xbar(r) = s_r x(t_r)`` (``scheduler_change``), so that ``r = 1 - sigma /

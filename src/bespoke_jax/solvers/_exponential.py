@@ -1,7 +1,7 @@
 """Exponential integrators in data prediction: DDIM, DPM-Solver++ (2M, 3M) and UniPC (bh2).
 
 On the grid ``t_i`` with ``alpha_i, sigma_i``, ``lambda_i = log(alpha_i / sigma_i)`` and
-``h_i = lambda_{i+1} - lambda_i``, every step is the first-order update (MATH.md section 5)
+``h_i = lambda_{i+1} - lambda_i``, every step is the first-order update (docs/baselines.md)
 
     x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} expm1(-h_i) D_i,
 

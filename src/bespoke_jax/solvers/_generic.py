@@ -1,4 +1,4 @@
-"""Generic ODE solvers on a time grid: Euler, midpoint, Heun, RK4 and iPNDM (MATH.md section 5).
+"""Generic ODE solvers on a time grid: Euler, midpoint, Heun, RK4 and iPNDM (docs/baselines.md).
 
 Each solves ``dx/dt = u(t, x, args)`` from ``x(0) = x0`` (noise) to ``t = 1`` (data) on the grid
 ``0 = t_0 < ... < t_n = 1`` (``grid``, default uniform), with ``h_i = t_{i+1} - t_i``, and is a

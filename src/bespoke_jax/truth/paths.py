@@ -1,7 +1,7 @@
 """Cached ground-truth paths: cubic Hermite interpolation of a solve saved on a fine grid.
 
-A loss that needs the exact path ``x(t)`` at learned, moving times (the BST bound, MATH.md
-section 6) reads it from one saved solve per noise sample instead of solving again at every
+A loss that needs the exact path ``x(t)`` at learned, moving times (the BST bound,
+docs/bst.md) reads it from one saved solve per noise sample instead of solving again at every
 step. The solve keeps ``x(tau_k)`` and ``u_k = u_{tau_k}(x(tau_k))`` at ``S`` times ``tau``; on
 ``[tau_k, tau_{k+1}]``, with ``h = tau_{k+1} - tau_k`` and ``theta = (t - tau_k) / h``,
 
