@@ -66,8 +66,8 @@ def test_init_reproduces_source_under_other_schedulers(name, scheduler, sigma0):
     integrators, EDM, preconditioning), so ``init()`` must also place them at the right step.
 
     In float64 with the rounding argument of the CondOT test; three steps, so the multistep
-    solvers use their history. Eagerly: the operations are those already run to read the
-    coefficients off the source, so nothing new is compiled per case.
+    solvers use their history. Eagerly: the operations are mostly those already run to read the
+    coefficients off the source, cheaper than compiling two programs per case.
     """
     scheduler = OTHER_SCHEDULERS[scheduler]
     nfe = SPECS[name].rule.nfe(3)
