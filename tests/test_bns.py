@@ -38,7 +38,53 @@ def test_init_reproduces_source_solver(mixture, name, sigma0):
 
         ours, ref = both(x0)
         assert ours.dtype == jnp.float64
+        assert np.all(np.isfinite(ours)) and np.all(np.isfinite(ref))
         assert float(jnp.max(jnp.abs(ours - ref))) < 1e-10
+
+
+def smooth_field(t, x, args=None):
+    """A closed-form nonlinear field, finite on all of ``[0, 1]`` under any scheduler.
+
+    (The mixture's own VP velocity is NaN at t = 1, where VP's sigma' is infinite.)
+    """
+    return jnp.cos(2.0 * t) * jnp.tanh(x[:, ::-1]) - x + t
+
+
+OTHER_SCHEDULERS = {"cosine": bj.cosine(), "vp": bj.vp()}
+# Every source under every scheduler; preconditioned too for a generic and the scheduler-aware
+# sources. (Preconditioned VP is NaN at r = 1, where heun and rk4 evaluate the field.)
+OTHER_CASES = [(name, scheduler, 1.0) for name in NAMES for scheduler in OTHER_SCHEDULERS] + [
+    (name, scheduler, 2.0)
+    for name in ("midpoint", "ddim", "dpm_solver_pp", "unipc", "edm")
+    for scheduler in OTHER_SCHEDULERS
+]
+
+
+@pytest.mark.parametrize(("name", "scheduler", "sigma0"), OTHER_CASES)
+def test_init_reproduces_source_under_other_schedulers(name, scheduler, sigma0):
+    """Away from CondOT the weights ``a_i`` of ``x0`` differ between steps (exponential
+    integrators, EDM, preconditioning), so ``init()`` must also place them at the right step.
+
+    In float64 with the rounding argument of the CondOT test; three steps, so the multistep
+    solvers use their history. Eagerly: the operations are mostly those already run to read the
+    coefficients off the source, cheaper than compiling two programs per case.
+    """
+    scheduler = OTHER_SCHEDULERS[scheduler]
+    nfe = SPECS[name].rule.nfe(3)
+    with jax.enable_x64(True), jax.disable_jit():
+        x0 = jax.random.normal(jax.random.key(1), (3, 8), dtype=jnp.float64)
+        family = bj.bns(nfe, init=name, sigma0=sigma0, scheduler=scheduler)
+        ours = family.sample(family.init(), smooth_field, x0)
+        if sigma0 == 1.0:
+            ref = SOLVERS[name](smooth_field, x0, nfe=nfe, scheduler=scheduler)
+        else:
+            ubar, transform = bj.precondition(smooth_field, scheduler, sigma0)
+            target = Scaled(scheduler, sigma0)
+            ref = SOLVERS[name](ubar, transform.s(0.0) * x0, nfe=nfe, scheduler=target)
+            ref = ref / transform.s(1.0)
+    assert ours.dtype == jnp.float64
+    assert np.all(np.isfinite(ours)) and np.all(np.isfinite(ref))
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10)
 
 
 def test_init_reproduces_solver_without_preconditioning_in_float32(mixture):
@@ -48,6 +94,7 @@ def test_init_reproduces_solver_without_preconditioning_in_float32(mixture):
     ours = family.sample(family.init(), u, x0)
     ref = SOLVERS["heun"](u, x0, nfe=6)
     # float32 rounding (eps ~ 1.2e-7) of O(1) values, amplified as in the float64 test.
+    assert np.all(np.isfinite(ours))
     assert float(jnp.max(jnp.abs(ours - ref))) < 1e-5
 
 
@@ -79,26 +126,61 @@ def test_num_params(nfe):
     assert family.save_ts is None
 
 
+def coefficients(family, params):
+    """``(ts, a, b)`` of ``params``: the family's parameter-to-coefficient map."""
+    return family.solver(params)
+
+
+def test_coefficients_in_closed_form():
+    """MATH.md section 7 by hand: Euler at n = 2 (``h = 1/2``) has ``ts = (0, 1/2)``, ``a = 1``,
+    ``b = [[1/2, 0], [1/2, 1/2]]``; the grid weights start at ``w = (0, 1/sqrt 2, 1/sqrt 2)``
+    (``t_0 = 0`` is the float floor, below float32 resolution here).
+
+    ``p_grid = (1, 1, 0)``: ``w = w_init + sqrt(h) p = (1/sqrt 2, sqrt 2, 1/sqrt 2)``,
+    ``d = w^2 = (1/2, 2, 1/2)``, ``ts = (1/2, 5/2) / 3``. ``a = 1 + h p_a``, and
+    ``b = b_init + h p_b`` on and below the diagonal only.
+    """
+    family = bj.bns(2, init="euler")
+    params = {
+        "grid": jnp.array([1.0, 1.0, 0.0]),
+        "a": jnp.array([2.0, -1.0, 4.0]),
+        "b": jnp.array([[2.0, 7.0], [4.0, -2.0]]),
+    }
+    ts, a, b = coefficients(family, params)
+    np.testing.assert_allclose(ts, [1 / 6, 5 / 6], rtol=1e-6)
+    np.testing.assert_allclose(a, [2.0, 0.5, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(b, [[1.5, 0.0], [2.5, -0.5]], rtol=1e-6)
+
+
 def test_masked_upper_triangle_is_inert(mixture):
+    """Parameters above the diagonal of ``b`` reach neither the coefficients nor the samples."""
     u = mixture.velocity(SCHEDULER)
     family = bj.bns(4, init="euler")
-    params = family.init()
-    x0 = jax.random.normal(jax.random.key(2), (2, 8))
-    upper = params | {"b": jnp.triu(jnp.ones((4, 4)), k=1)}
+    keys = jax.random.split(jax.random.key(2), 3)
+    params = {
+        name: 0.3 * jax.random.normal(key, leaf.shape)
+        for (name, leaf), key in zip(family.init().items(), keys, strict=True)
+    }
+    upper = params | {"b": params["b"] + jnp.triu(jnp.ones((4, 4)), k=1)}
+    for got, want in zip(coefficients(family, upper), coefficients(family, params), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert np.all(np.triu(coefficients(family, upper)[2], k=1) == 0)
+    x0 = jax.random.normal(jax.random.key(3), (2, 8))
     sample = jax.jit(lambda params: family.sample(params, u, x0))
     np.testing.assert_array_equal(sample(upper), sample(params))
 
 
 def test_grid_stays_valid_and_ties_can_open():
     family = bj.bns(4, init="heun")  # times 0, 0.5, 0.5, 1: two ties
-    ts, _, _ = family.solver(family.init())
+    ts, _, _ = coefficients(family, family.init())
     np.testing.assert_allclose(ts, [0.0, 0.5, 0.5, 1.0], atol=1e-7)
     params = family.init()
     params = params | {"grid": jax.random.normal(jax.random.key(3), (5,))}
-    ts, _, _ = family.solver(params)
+    ts, _, _ = coefficients(family, params)
     assert np.all(np.diff(ts) >= 0) and ts[0] >= 0 and ts[-1] <= 1
     # The gradient of a tied time with respect to its (floor) weight is not zero.
-    grad = jax.grad(lambda p: family.solver(p)[0][2] - family.solver(p)[0][1])(family.init())
+    gap = lambda p: coefficients(family, p)[0][2] - coefficients(family, p)[0][1]  # noqa: E731
+    grad = jax.grad(gap)(family.init())
     assert float(grad["grid"][2]) > 0
 
 

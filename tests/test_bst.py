@@ -74,11 +74,60 @@ def test_direct_loss_needs_no_path():
     assert bj.bst(4).save_ts[0] == 0.0 and bj.bst(4).save_ts[-1] == 1.0
 
 
+def _params(t, dt, s, ds):
+    """BST parameters from ``w_1.. / w_0``, ``t'``, ``s_1..`` and ``s'`` (so by their logs)."""
+    log = lambda v: jnp.log(jnp.asarray(v, dtype=jnp.float32))  # noqa: E731
+    return {"t": log(t), "dt": log(dt), "s": log(s), "ds": jnp.asarray(ds, dtype=jnp.float32)}
+
+
+RK1_PARAMS = _params(t=[3.0], dt=[1.0, 2.0], s=[2.0, 0.5], ds=[0.3, -0.7])
+RK2_PARAMS = _params(t=[2.0, 1.0, 2.0], dt=[1.0, 2.0, 3.0, 1.0], s=[2.0, 0.5, 1.0, 4.0],
+                     ds=[0.0, 0.5, -1.0, 2.0])  # fmt: skip
+
+
+def test_coefficients_in_closed_form():
+    """The decoding of the module docstring by hand, RK1 at m = 2 and RK2 at m = 4.
+
+    ``w = softmax([0, p_t])``: ``p_t = log 3`` gives ``w = (1/4, 3/4)``; ``p_t = (log 2, 0, log 2)``
+    gives ``w = (1, 2, 1, 2) / 6``. ``t' = exp(p_dt)``, ``s = (1, exp(p_s))``, ``s' = p_ds``.
+    """
+    rk1 = bj.bst(2, base="rk1").coefficients(RK1_PARAMS)
+    np.testing.assert_allclose(rk1["r"], [0, 1 / 2, 1], atol=1e-7)
+    np.testing.assert_allclose(rk1["t"], [0, 1 / 4, 1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rk1["dt"], [1, 2], rtol=1e-6)
+    np.testing.assert_allclose(rk1["s"], [1, 2, 1 / 2], rtol=1e-6)
+    np.testing.assert_allclose(rk1["ds"], [0.3, -0.7])
+    rk2 = bj.bst(4).coefficients(RK2_PARAMS)
+    np.testing.assert_allclose(rk2["r"], [0, 1 / 4, 1 / 2, 3 / 4, 1], atol=1e-7)
+    np.testing.assert_allclose(rk2["t"], [0, 1 / 6, 1 / 2, 2 / 3, 1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rk2["dt"], [1, 2, 3, 1], rtol=1e-6)
+    np.testing.assert_allclose(rk2["s"], [1, 2, 1 / 2, 1, 4], rtol=1e-6)
+    np.testing.assert_allclose(rk2["ds"], [0, 0.5, -1, 2])
+
+
+def test_lipschitz_constants_in_closed_form():
+    """``Lbar_j = |s'_j| / s_j + t'_j L_tau`` at ``L_tau = 2``, ``h = 1/2``, by hand.
+
+    RK1 (``t' = (1, 2)``, ``s = (1, 2, 1/2)``, ``s' = (0.3, -0.7)``): ``Lbar = (2.3, 4.35)``,
+    ``L_i = (s_i / s_{i+1}) (1 + h Lbar_i) = (1.075, 12.7)``.
+    RK2 (``RK2_PARAMS``): ``Lbar = (2, 4.25, 8, 4)`` at ``r = 0, 1/4, 1/2, 3/4``;
+    ``L_0 = (1 / (1/2)) (1 + h 4.25 (1 + (h/2) 2)) = 8.375``,
+    ``L_1 = ((1/2) / 4) (1 + h 4 (1 + (h/2) 8)) = 0.875``. Swapping the half- and full-point
+    constants would give ``(6.125, 1.125)``.
+    """
+    rk1 = bj.bst(2, base="rk1", l_tau=2.0)
+    np.testing.assert_allclose(rk1.lipschitz(RK1_PARAMS), [1.075, 12.7], rtol=1e-6)
+    rk2 = bj.bst(4, l_tau=2.0)
+    np.testing.assert_allclose(rk2.lipschitz(RK2_PARAMS), [8.375, 0.875], rtol=1e-6)
+
+
 @pytest.mark.parametrize("base", ["rk1", "rk2"])
 def test_identity_init_is_the_base_solver(field, x0, base):
     family = bj.bst(4, base=base)
     expected = BASE_SOLVER[base](field, x0, nfe=4)
-    np.testing.assert_allclose(family.sample(family.init(), field, x0), expected, atol=2e-6)
+    ours = family.sample(family.init(), field, x0)
+    assert np.all(np.isfinite(ours))
+    np.testing.assert_allclose(ours, expected, atol=2e-6)
 
 
 @pytest.mark.parametrize("base", ["rk1", "rk2"])

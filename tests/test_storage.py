@@ -1,10 +1,12 @@
 """Saved solvers: exact round trips, refusal of damaged or foreign artifacts, plain-JSON export."""
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import bespoke_jax as bj
@@ -73,8 +75,6 @@ def test_save_replaces_and_leaves_no_temporary(tmp_path):
 
 
 def _copy(saved, name, tmp_path) -> Path:
-    import shutil
-
     path = tmp_path / name
     shutil.copytree(saved[name][0], path)
     return path
@@ -89,6 +89,23 @@ def test_damaged_parameters_are_refused(saved, tmp_path):
             data[len(data) // 2] ^= 0xFF
             chunk.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="damaged"):
+        bj.load_solver(path)
+
+
+def test_parameters_that_read_but_differ_are_refused(saved, tmp_path):
+    """Other parameters of the right shapes, written by Orbax itself: they read, and only the
+    checksum tells them from the saved ones."""
+    path = _copy(saved, "bns", tmp_path)
+    _, family, params = saved["bns"]
+    other = jax.tree.map(np.asarray, _perturbed(family, seed=2))
+    shutil.rmtree(path / "params")
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        checkpointer.save(path / "params", args=ocp.args.StandardSave(other))
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        read = checkpointer.restore(path / "params")
+    np.testing.assert_array_equal(read["b"], other["b"])
+    assert not np.array_equal(read["b"], np.asarray(params["b"]))
+    with pytest.raises(ValueError, match="fail their sha256 checksum"):
         bj.load_solver(path)
 
 

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import train_worker
 
@@ -139,6 +141,43 @@ def test_model_calls_count_every_forward(reference, data):
     expected = train.nfe * n + val.nfe * m + nfe * (steps * batch + evals * m)
     assert reference.model_calls == expected
     assert reference.history["step"] == list(range(0, steps + 1, RUN["eval_every"]))
+
+
+def test_returns_the_parameters_of_the_best_validation_step(problem, data):
+    """SGD on the linear loss ``<g, params>`` walks the line ``params_k = init - k lr g``.
+
+    ``g`` is the gradient of the validation loss at ``init``: validation PSNR along the line
+    rises, peaks and falls (at lr = 1e-4: 32.2, 34.0, 34.8, 33.4, ... dB at steps 0, 10, 20,
+    30), and this test computes it from the validation noise, ground truth and args itself. The
+    run must log exactly those values and return the point of the best one.
+    """
+    u, _, _, _, val_args = problem
+    _, val = data
+    family, lr = bj.bns(4), 1e-4
+    init = family.init()
+    val_batch = bj.TrainingData(jnp.asarray(val.x0), jnp.asarray(val.x1))
+    g = jax.grad(family.loss)(init, u, val_batch, val_args)
+
+    def linear(params, u, batch, args):
+        pairs = zip(jax.tree.leaves(g), jax.tree.leaves(params), strict=True)
+        return sum(jnp.vdot(a, b) for a, b in pairs)
+
+    result = train_worker.run({**RUN, "optimizer": optax.sgd(lr), "loss": linear}, data)
+
+    def on_line(step):
+        return jax.tree.map(lambda p, d: p - step * lr * d, init, g)
+
+    val_psnr = jax.jit(lambda p: bj.psnr(family.sample(p, u, val_batch.x0, val_args), val.x1))
+    expected = [float(val_psnr(on_line(step))) for step in result.history["step"]]
+    np.testing.assert_allclose(result.history["val_psnr"], expected, rtol=1e-5)
+    best = int(np.argmax(expected))
+    assert 0 < best < len(expected) - 1, expected  # neither the first nor the last point
+    assert result.best_step == result.history["step"][best]
+    assert result.best_val_psnr == max(result.history["val_psnr"])
+    for got, want in zip(
+        jax.tree.leaves(result.params), jax.tree.leaves(on_line(result.best_step)), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
 def test_remat_gives_the_same_parameters(reference, data):
