@@ -67,7 +67,9 @@ def test_help_texts_spell_the_package_choices():
     assert cli.FAMILY_NAMES == jobs.FAMILY_NAMES and set(cli.FAMILY_NAMES) == set(bj.FAMILIES)
     assert cli.BNS_INITS == solvers.NAMES and cli.BST_BASES == BASES
     for name in cli.FAMILY_NAMES:
-        assert cli.OPTIMIZERS[name] == optimizer_name(jobs.make_family(name, 4))
+        family = jobs.make_family(name, 4)
+        assert cli.OPTIMIZERS[name] == optimizer_name(family)
+        assert optimizer_name(family, learning_rate=1e-3) == "Adam"  # what --lr selects
     help_text = " ".join(invoke("train", "--help").output.split())
     assert all(name in help_text for name in cli.BNS_INITS + cli.BST_BASES)
     assert all(f"{family}: {name}" in help_text for family, name in cli.OPTIMIZERS.items())
@@ -96,7 +98,7 @@ def solver(tmp_path_factory):
         "train", "--model", TINY, "--family", "bns", "--nfe", 4, "--quick", "--out", out
     )
     assert result.exit_code == 0, result.output
-    assert "validation PSNR" in result.output
+    assert "validation PSNR" in result.output and "2 steps of Prodigy" in result.output
     return out
 
 

@@ -12,6 +12,14 @@ import re
 
 import click
 
+from bespoke_jax.app.defaults import (
+    DEFAULT_GUIDANCE,
+    DEMO_SIGMA0,
+    QUICK,
+    Settings,
+    optimizer_name,
+)
+
 # Spelled out here so that help needs no JAX; tests/test_cli.py keeps each equal to its source.
 FAMILY_NAMES = ("bns", "bst")  # jobs.FAMILY_NAMES
 # bj.solvers.NAMES: the baselines a BNS solver can start from.
@@ -54,7 +62,8 @@ def _model_option(required: bool):
 _guidance_option = click.option(
     "--guidance",
     type=float,
-    help="Classifier-free guidance w (digits: 2 by default; an entry point gets guidance=w).",
+    help=f"Classifier-free guidance w (digits: {DEFAULT_GUIDANCE:g} by default; an entry point "
+    "gets guidance=w).",
 )
 _cache_option = click.option(
     "--cache-dir", help="Keep ground-truth solves here and reuse them across runs."
@@ -88,8 +97,12 @@ def main():
 )
 @_steps_option
 @click.option("--quick", is_flag=True, help="Tiny settings for smoke tests (meaningless numbers).")
-@click.option("--guidance", default=2.0, show_default=True, help="Classifier-free guidance w.")
-@click.option("--sigma0", default=0.5, show_default=True, help="BNS preconditioning sigma0.")
+@click.option(
+    "--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="Classifier-free guidance w."
+)
+@click.option(
+    "--sigma0", default=DEMO_SIGMA0, show_default=True, help="BNS preconditioning sigma0."
+)
 def demo(out, nfes, steps, quick, guidance, sigma0):
     """Train BNS and RK2-BST solvers for the shipped digits model and write a report.
 
@@ -127,11 +140,19 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
     help=f"BNS: the baseline it starts from, one of {', '.join(BNS_INITS)} [midpoint]; "
     f"BST: its base, {' or '.join(BST_BASES)} [rk2].",
 )
-@click.option("--sigma0", type=float, help="BNS preconditioning (digits at guidance 2: 0.5) [1].")
+@click.option(
+    "--sigma0",
+    type=float,
+    help=f"BNS preconditioning (digits at guidance {DEFAULT_GUIDANCE:g}: {DEMO_SIGMA0:g}) [1].",
+)
 @_guidance_option
 @_steps_option
-@click.option("--n-train", type=click.IntRange(min=1), help="Training noise samples [520].")
-@click.option("--n-val", type=click.IntRange(min=1), help="Validation noise samples [128].")
+@click.option(
+    "--n-train", type=click.IntRange(min=1), help=f"Training noise samples [{Settings.n_train}]."
+)
+@click.option(
+    "--n-val", type=click.IntRange(min=1), help=f"Validation noise samples [{Settings.n_val}]."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minibatch [family default].")
 @click.option(
     "--lr",
@@ -160,12 +181,14 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
         user = load_model(model, guidance=guidance)
         solver = jobs.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
         given = {name: value for name, value in options.items() if value is not None}
-        settings = dataclasses.replace(jobs.QUICK if quick else jobs.Settings(), **given)
+        settings = dataclasses.replace(QUICK if quick else Settings(), **given)
         trained = jobs.train_solver(user, solver, out, settings)
+    optimizer = optimizer_name(solver, settings.learning_rate)
     click.echo(
         f"Saved {trained.label} to {trained.path}: validation PSNR "
-        f"{trained.result.best_val_psnr:.2f} dB (data range {user.data_range:g}), "
-        f"{trained.wall_s:.0f} s, {trained.result.model_calls} sample-forwards."
+        f"{trained.result.best_val_psnr:.2f} dB (data range {user.data_range:g}) after "
+        f"{trained.steps} steps of {optimizer}, {trained.wall_s:.0f} s, "
+        f"{trained.result.model_calls} sample-forwards."
     )
 
 
@@ -173,7 +196,7 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
 @click.argument("solver", type=click.Path(exists=True, file_okay=False))
 @_model_option(required=False)
 @_guidance_option
-@click.option("--n", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=Settings.n_test, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test noise.")
 @_cache_option
 def eval_command(solver, model, guidance, n, seed, cache_dir):

@@ -16,7 +16,14 @@ import numpy as np
 
 from bespoke_jax import solvers
 from bespoke_jax.app import jobs
-from bespoke_jax.app.defaults import default_steps, optimizer_name
+from bespoke_jax.app.defaults import (
+    DEFAULT_GUIDANCE,
+    DEMO_SIGMA0,
+    QUICK,
+    Settings,
+    default_steps,
+    optimizer_name,
+)
 from bespoke_jax.app.report import DemoRecord, DemoSetup, LearnedSolver, write_demo_report
 from bespoke_jax.app.user_model import UserModel, load_model
 from bespoke_jax.io.storage import export_solver, save_solver
@@ -52,8 +59,8 @@ def run_demo(
     nfes: Sequence[int] = (4, 8, 16),
     steps: int | None = None,
     quick: bool = False,
-    guidance: float = 2.0,
-    sigma0: float = 0.5,
+    guidance: float = DEFAULT_GUIDANCE,
+    sigma0: float = DEMO_SIGMA0,
     baselines: Sequence[str] | None = None,
     progress: bool = True,
 ) -> DemoResult:
@@ -70,8 +77,7 @@ def run_demo(
       steps: optimisation steps per solver (``None``: each family's default).
       quick: tiny sizes and two baselines for smoke tests (the numbers mean nothing).
       guidance: classifier-free guidance scale w of the digits model.
-      sigma0: BNS preconditioning. On this model at w = 2, 0.5 trained better than 1 and much
-        better than 5, the BNS paper's value for its latent text-to-image model at w = 2.
+      sigma0: BNS preconditioning (``DEMO_SIGMA0``: tuned on this model at w = 2).
       baselines: the baselines to compare with (default: every one; with ``quick``, Euler and
         midpoint).
       progress: tqdm bars during training.
@@ -80,7 +86,7 @@ def run_demo(
     nfes, baselines = _checked(nfes, baselines, quick)
     out_dir = Path(out_dir)
     settings = dataclasses.replace(
-        jobs.QUICK if quick else jobs.Settings(steps=steps), cache_dir=str(out_dir / "ground_truth")
+        QUICK if quick else Settings(steps=steps), cache_dir=str(out_dir / "ground_truth")
     )
     model = load_model("digits", guidance=guidance)
     families = []
@@ -142,7 +148,7 @@ def _learn(out_dir: Path, model: UserModel, families, noise, progress: bool):
     return psnr, samples, trained, learned
 
 
-def _ground_truth(model: UserModel, families, settings: jobs.Settings):
+def _ground_truth(model: UserModel, families, settings: Settings):
     """The training sets of ``families`` (one solve per distinct ``save_ts``), the validation
     and the test set."""
     sets = jobs.TrainingSets(model, settings)

@@ -23,7 +23,7 @@ import numpy as np
 
 from bespoke_jax import solvers
 from bespoke_jax.app import figures
-from bespoke_jax.app.defaults import default_steps
+from bespoke_jax.app.defaults import Settings, default_steps
 from bespoke_jax.app.report import atomic_write, save_figure
 from bespoke_jax.app.user_model import UserModel, load_model
 from bespoke_jax.core.metrics import psnr
@@ -37,33 +37,6 @@ from bespoke_jax.truth.sharded import sharded_training_data
 
 FAMILY_NAMES = ("bns", "bst")
 TRAIN, VAL, TEST = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Sizes and optimisation settings of a run.
-
-    Attributes:
-      n_train, n_val, n_test: noise samples for training, validation (the best step is kept)
-        and the reported comparison; each set has its own ground truth.
-      steps, batch_size, learning_rate: of ``bj.train``; ``None`` takes the family's defaults.
-      eval_every: steps between validations.
-      seed: the seed of the noise sets.
-      cache_dir: an on-disk ground-truth cache (``None``: solve in memory).
-    """
-
-    n_train: int = 520
-    n_val: int = 128
-    n_test: int = 256
-    steps: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    eval_every: int = 50
-    seed: int = 0
-    cache_dir: str | None = None
-
-
-QUICK = Settings(n_train=4, n_val=4, n_test=4, steps=2, batch_size=4, eval_every=1)
 
 
 def log(message: str) -> None:
@@ -259,13 +232,16 @@ def metadata(model: UserModel, trained: Trained, **extra) -> dict:
 
 
 def train_solver(
-    model: UserModel, family, out, settings: Settings = Settings(), *, progress=True
+    model: UserModel, family, out, settings: Settings | None = None, *, progress=True
 ) -> Trained:
     """Train ``family`` on ``model`` and save it to the directory ``out``.
+
+    ``settings`` default to ``Settings()``.
 
     Returns:
       The trained solver, with ``path`` the directory written.
     """
+    settings = Settings() if settings is None else settings
     sets = TrainingSets(model, settings)
     sets.get(family.save_ts)
     log(f"ground truth of {settings.n_val} validation samples")
