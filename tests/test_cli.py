@@ -136,7 +136,8 @@ def test_export_writes_plain_json(solver, tmp_path):
         (["--model", TINY, "--guidance", "2"], ["takes no guidance"]),
         (["--model", TINY, "--family", "bst", "--sigma0", "2"], ["--sigma0"]),
         (["--model", TINY, "--family", "bst", "--nfe", "3"], ["--nfe 2 or 4", "--init rk1"]),
-        (["--model", TINY, "--init", "rk4", "--nfe", "6"], ["rk4", "6"]),
+        (["--model", TINY, "--init", "rk4", "--nfe", "6"], ["rk4", "--nfe 6"]),
+        (["--model", TINY, "--family", "bst", "--init", "euler"], ["--init rk1 | rk2", "euler"]),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, fragments, tmp_path):

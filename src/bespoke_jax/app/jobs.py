@@ -28,7 +28,7 @@ from bespoke_jax.app.report import atomic_write, save_figure
 from bespoke_jax.app.user_model import UserModel, load_model
 from bespoke_jax.core.metrics import psnr
 from bespoke_jax.families.bns import bns
-from bespoke_jax.families.bst import bst
+from bespoke_jax.families.bst import BASES, bst
 from bespoke_jax.io.cache import cached_training_data
 from bespoke_jax.io.storage import export_solver, load_solver, save_solver
 from bespoke_jax.training.loop import TrainResult, train
@@ -59,14 +59,17 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
       ValueError: an unknown family, an option the family does not take, or an NFE it cannot
         spend.
     """
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"Unknown family {family!r}; valid families: {', '.join(FAMILY_NAMES)}.")
+    inits = BASES if family == "bst" else solvers.NAMES
+    if init is not None and init not in inits:
+        raise ValueError(f"--family {family} takes --init {' | '.join(inits)}, not {init!r}.")
     if family == "bst":
         if sigma0 is not None:
             raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
         return bst(nfe, base=init or "rk2")
-    if family == "bns":
-        options = {"init": init, "sigma0": sigma0}
-        return bns(nfe, scheduler=scheduler, **{k: v for k, v in options.items() if v is not None})
-    raise ValueError(f"Unknown family {family!r}; valid families: {', '.join(FAMILY_NAMES)}.")
+    options = {"init": init, "sigma0": sigma0}
+    return bns(nfe, scheduler=scheduler, **{k: v for k, v in options.items() if v is not None})
 
 
 @dataclasses.dataclass(frozen=True)
