@@ -64,7 +64,7 @@ def test_help_does_not_import_jax():
 
 def test_help_texts_spell_the_package_choices():
     """The names the help spells out without JAX are the package's own."""
-    assert cli.FAMILY_NAMES == jobs.FAMILY_NAMES and set(cli.FAMILY_NAMES) == set(bj.FAMILIES)
+    assert set(cli.FAMILY_NAMES) == set(bj.FAMILIES)
     assert cli.BNS_INITS == solvers.NAMES and cli.BST_BASES == BASES
     for name in cli.FAMILY_NAMES:
         family = jobs.make_family(name, 4)

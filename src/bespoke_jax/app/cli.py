@@ -15,13 +15,13 @@ import click
 from bespoke_jax.app.defaults import (
     DEFAULT_GUIDANCE,
     DEMO_SIGMA0,
+    FAMILY_NAMES,
     QUICK,
     Settings,
     optimizer_name,
 )
 
 # Spelled out here so that help needs no JAX; tests/test_cli.py keeps each equal to its source.
-FAMILY_NAMES = ("bns", "bst")  # jobs.FAMILY_NAMES
 # bj.solvers.NAMES: the baselines a BNS solver can start from.
 BNS_INITS = ("euler", "midpoint", "heun", "rk4", "ipndm", "ddim", "dpm_solver_pp", "unipc", "edm")
 BST_BASES = ("rk1", "rk2")  # the base Runge-Kutta methods of bj.bst

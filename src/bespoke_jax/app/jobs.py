@@ -23,7 +23,7 @@ import numpy as np
 
 from bespoke_jax import solvers
 from bespoke_jax.app import figures
-from bespoke_jax.app.defaults import Settings, default_steps
+from bespoke_jax.app.defaults import FAMILY_NAMES, Settings, default_steps
 from bespoke_jax.app.report import atomic_write, save_figure
 from bespoke_jax.app.user_model import UserModel, load_model
 from bespoke_jax.core.metrics import psnr
@@ -35,7 +35,6 @@ from bespoke_jax.training.loop import TrainResult, train
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.sharded import sharded_training_data
 
-FAMILY_NAMES = ("bns", "bst")
 TRAIN, VAL, TEST = 0, 1, 2
 
 
