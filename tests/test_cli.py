@@ -4,6 +4,7 @@ and one-line errors for bad input."""
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -11,8 +12,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import bespoke_jax as bj
+from bespoke_jax import solvers
+from bespoke_jax.app import cli, jobs
 from bespoke_jax.app.cli import main
+from bespoke_jax.app.defaults import optimizer_name
 from bespoke_jax.app.user_model import load_model
+from bespoke_jax.families.bst import BASES
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:mixture"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,6 +46,35 @@ def test_console_script_help():
         assert command in out.stdout
 
 
+def test_help_does_not_import_jax():
+    """Every --help is answered by click alone (its start-up time: experiments/bench_cli.py)."""
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from bespoke_jax.app.cli import main\n"
+        "for command in ([], ['demo'], ['train'], ['eval'], ['sample'], ['export']):\n"
+        "    result = CliRunner().invoke(main, [*command, '--help'])\n"
+        "    assert result.exit_code == 0 and 'Usage:' in result.output, result.output\n"
+        "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith('jax.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_texts_spell_the_package_choices():
+    """The names the help spells out without JAX are the package's own."""
+    assert set(cli.FAMILY_NAMES) == set(bj.FAMILIES)
+    assert cli.BNS_INITS == solvers.NAMES and cli.BST_BASES == BASES
+    for name in cli.FAMILY_NAMES:
+        family = jobs.make_family(name, 4)
+        assert cli.OPTIMIZERS[name] == optimizer_name(family)
+        assert optimizer_name(family, learning_rate=1e-3) == "Adam"  # what --lr selects
+    help_text = " ".join(invoke("train", "--help").output.split())
+    assert all(name in help_text for name in cli.BNS_INITS + cli.BST_BASES)
+    assert all(f"{family}: {name}" in help_text for family, name in cli.OPTIMIZERS.items())
+
+
 def test_demo_quick_writes_report_and_figures(tmp_path):
     result = invoke("demo", "--quick", "--nfe", 4, "--out", tmp_path)
     assert result.exit_code == 0, result.output
@@ -49,6 +84,7 @@ def test_demo_quick_writes_report_and_figures(tmp_path):
         assert f"({name})" in report
         assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
     assert "| BNS |" in report and "| BST |" in report
+    assert "| bns-4 | Prodigy |" in report and "| bst-4 | Adam |" in report
     saved = sorted(p.name for p in (tmp_path / "solvers").iterdir())
     assert saved == ["bns-4", "bns-4.json", "bst-4", "bst-4.json"]
 
@@ -62,7 +98,7 @@ def solver(tmp_path_factory):
         "train", "--model", TINY, "--family", "bns", "--nfe", 4, "--quick", "--out", out
     )
     assert result.exit_code == 0, result.output
-    assert "validation PSNR" in result.output
+    assert "validation PSNR" in result.output and "2 steps of Prodigy" in result.output
     return out
 
 
@@ -99,8 +135,9 @@ def test_export_writes_plain_json(solver, tmp_path):
         (["--model", TINY.replace(":mixture", ":no_shape")], ["'shape'"]),
         (["--model", TINY, "--guidance", "2"], ["takes no guidance"]),
         (["--model", TINY, "--family", "bst", "--sigma0", "2"], ["--sigma0"]),
-        (["--model", TINY, "--family", "bst", "--nfe", "3"], ["nfe"]),
-        (["--model", TINY, "--init", "rk4", "--nfe", "6"], ["rk4", "6"]),
+        (["--model", TINY, "--family", "bst", "--nfe", "3"], ["--nfe 2 or 4", "--init rk1"]),
+        (["--model", TINY, "--init", "rk4", "--nfe", "6"], ["rk4", "--nfe 6"]),
+        (["--model", TINY, "--family", "bst", "--init", "euler"], ["--init rk1 | rk2", "euler"]),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, fragments, tmp_path):

@@ -1,10 +1,11 @@
-"""The report writers: valid PNGs, Markdown tables, atomic writes."""
+"""The report's writers and figures: valid PNGs, Markdown tables, atomic writes."""
 
 import math
 
 import numpy as np
 import pytest
 
+from bespoke_jax.app import figures
 from bespoke_jax.app import report as _report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,31 +41,32 @@ def test_markdown_tables():
 
 def test_psnr_plot(tmp_path):
     psnr = {"euler": {4: 10.0, 8: 14.0, 16: 18.0}, "bns": {4: 20.0, 8: 30.0}, "edm": {}}
-    assert_png(_report.plot_psnr_vs_nfe(psnr, tmp_path / "psnr.png"))
+    assert_png(_report.save_figure(figures.psnr_vs_nfe(psnr), tmp_path / "psnr.png"))
 
 
 @pytest.mark.parametrize("shape", [(8, 8), (6, 5, 3), (2,)])
 def test_sample_grids(tmp_path, shape):
     rng = np.random.default_rng(0)
     samples = {name: rng.uniform(-1, 1, (12, *shape)) for name in ("ground truth", "euler")}
-    path = _report.plot_samples(samples, tmp_path / "grid.png", max_samples=5)
+    path = _report.save_figure(figures.samples(samples, max_samples=5), tmp_path / "grid.png")
     assert_png(path)
     assert no_temporaries(tmp_path)
 
 
 def test_sample_grid_rejects_other_shapes(tmp_path):
     with pytest.raises(ValueError, match="Cannot draw samples of shape"):
-        _report.plot_samples({"x": np.zeros((3, 4, 4, 4))}, tmp_path / "grid.png")
+        figures.samples({"x": np.zeros((3, 4, 4, 4))})
 
 
 def test_coefficient_and_grid_plots(tmp_path):
     n = 4
     bns = {"t": np.linspace(0, 1, n + 1), "a": np.ones(n), "b": np.tril(np.ones((n, n)))}
-    assert_png(_report.plot_coefficients(bns, tmp_path / "bns.png", title="bns"))
+    assert_png(_report.save_figure(figures.coefficients(bns, title="bns"), tmp_path / "bns.png"))
     r = np.linspace(0, 1, 2 * n + 1)
     bst = {"r": r, "t": r**2, "s": 1 + r, "dt": 2 * r, "ds": np.ones_like(r), "sigma0": 1.0}
-    assert_png(_report.plot_coefficients(bst, tmp_path / "bst.png"))
+    assert_png(_report.save_figure(figures.coefficients(bst), tmp_path / "bst.png"))
     grids = {"bns": bns["t"], "bst": r**2}
-    assert_png(_report.plot_time_grids(grids, tmp_path / "grids.png"))
+    assert_png(_report.save_figure(figures.time_grids(grids), tmp_path / "grids.png"))
     history = {"step": [0, 10, 20], "val_psnr": [10.0, 12.0, 13.0]}
-    assert_png(_report.plot_histories({"bns": history}, tmp_path / "history.png"))
+    figure = figures.histories({"bns": history})
+    assert_png(_report.save_figure(figure, tmp_path / "history.png"))

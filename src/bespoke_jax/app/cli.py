@@ -1,20 +1,47 @@
-"""The ``bespoke-jax`` command: a thin click layer over the jobs in ``_demo.py``."""
+"""The ``bespoke-jax`` command: a thin click layer over the jobs (``jobs.py``) and the demo.
+
+Options and help texts need only click: JAX and the package's internals are imported inside the
+command bodies, so ``bespoke-jax --help`` and ``bespoke-jax COMMAND --help`` start fast.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 
 import click
 
-from bespoke_jax.app import demo as _demo
-from bespoke_jax.app import report as _report
-from bespoke_jax.app.user_model import load_model
+from bespoke_jax.app.defaults import (
+    DEFAULT_GUIDANCE,
+    DEMO_SIGMA0,
+    FAMILY_NAMES,
+    QUICK,
+    Settings,
+    optimizer_name,
+)
+
+# Spelled out here so that help needs no JAX; tests/test_cli.py keeps each equal to its source.
+# bj.solvers.NAMES: the baselines a BNS solver can start from.
+BNS_INITS = ("euler", "midpoint", "heun", "rk4", "ipndm", "ddim", "dpm_solver_pp", "unipc", "edm")
+BST_BASES = ("rk1", "rk2")  # the base Runge-Kutta methods of bj.bst
+OPTIMIZERS = {"bns": "Prodigy", "bst": "Adam"}  # defaults.optimizer_name of each family
 
 _MODEL_HELP = (
     "A shipped model ('digits', 'checkerboard') or an entry point 'module:function' "
     "(or 'path/to/file.py:function') returning {'velocity', 'shape', ...}; see README."
 )
+_OPTIMIZER_TEXT = ", ".join(f"{family}: {name}" for family, name in OPTIMIZERS.items())
+
+# Python keyword spellings in the package's messages, and the flags that set them here.
+_FLAGS = {"nfe": "--nfe", "base": "--init", "init": "--init", "sigma0": "--sigma0"}
+_KEYWORD = re.compile(r"\b(" + "|".join(_FLAGS) + r")=(['\"]?)([\w.+-]+)\2")
+
+
+def cli_spelling(message: str) -> str:
+    """``message`` with Python keywords written as this command's flags (``base='rk1'`` ->
+    ``--init rk1``)."""
+    return _KEYWORD.sub(lambda match: f"{_FLAGS[match[1]]} {match[3]}", message)
 
 
 @contextlib.contextmanager
@@ -23,9 +50,9 @@ def _clear_errors():
     try:
         yield
     except ValueError as err:
-        raise click.UsageError(str(err)) from None
+        raise click.UsageError(cli_spelling(str(err))) from None
     except (RuntimeError, OSError) as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(cli_spelling(str(err))) from None
 
 
 def _model_option(required: bool):
@@ -35,10 +62,16 @@ def _model_option(required: bool):
 _guidance_option = click.option(
     "--guidance",
     type=float,
-    help="Classifier-free guidance w (digits: 2 by default; an entry point gets guidance=w).",
+    help=f"Classifier-free guidance w (digits: {DEFAULT_GUIDANCE:g} by default; an entry point "
+    "gets guidance=w).",
 )
 _cache_option = click.option(
     "--cache-dir", help="Keep ground-truth solves here and reuse them across runs."
+)
+_steps_option = click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    help="Optimisation steps per solver [the family's default, as in bj.train].",
 )
 
 
@@ -62,10 +95,14 @@ def main():
 @click.option(
     "--nfe", "nfes", type=int, multiple=True, help="Even NFE values (repeatable) [4, 8, 16]."
 )
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@_steps_option
 @click.option("--quick", is_flag=True, help="Tiny settings for smoke tests (meaningless numbers).")
-@click.option("--guidance", default=2.0, show_default=True, help="Classifier-free guidance w.")
-@click.option("--sigma0", default=0.5, show_default=True, help="BNS preconditioning sigma0.")
+@click.option(
+    "--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="Classifier-free guidance w."
+)
+@click.option(
+    "--sigma0", default=DEMO_SIGMA0, show_default=True, help="BNS preconditioning sigma0."
+)
 def demo(out, nfes, steps, quick, guidance, sigma0):
     """Train BNS and RK2-BST solvers for the shipped digits model and write a report.
 
@@ -79,7 +116,9 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
       bespoke-jax demo --quick --out /tmp/smoke
     """
     with _clear_errors():
-        result = _demo.run_demo(
+        from bespoke_jax.app.demo import run_demo
+
+        result = run_demo(
             out,
             nfes=nfes or (4, 8, 16),
             steps=steps,
@@ -92,16 +131,36 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
 
 @main.command(name="train")
 @_model_option(required=True)
-@click.option("--family", type=click.Choice(_demo.FAMILY_NAMES), default="bns", show_default=True)
+@click.option("--family", type=click.Choice(FAMILY_NAMES), default="bns", show_default=True)
 @click.option("--nfe", type=int, required=True, help="Model calls per sample.")
-@click.option("--init", help="BNS: the baseline to start from [midpoint]; BST: rk1 or rk2 [rk2].")
-@click.option("--sigma0", type=float, help="BNS preconditioning (digits at guidance 2: 0.5) [1].")
+@click.option(
+    "--init",
+    type=click.Choice(BNS_INITS + BST_BASES),
+    metavar="NAME",
+    help=f"BNS: the baseline it starts from, one of {', '.join(BNS_INITS)} [midpoint]; "
+    f"BST: its base, {' or '.join(BST_BASES)} [rk2].",
+)
+@click.option(
+    "--sigma0",
+    type=float,
+    help=f"BNS preconditioning (digits at guidance {DEFAULT_GUIDANCE:g}: {DEMO_SIGMA0:g}) [1].",
+)
 @_guidance_option
-@click.option("--steps", type=click.IntRange(min=1), help="Optimisation steps [family default].")
-@click.option("--n-train", type=click.IntRange(min=1), help="Training noise samples [520].")
-@click.option("--n-val", type=click.IntRange(min=1), help="Validation noise samples [128].")
+@_steps_option
+@click.option(
+    "--n-train", type=click.IntRange(min=1), help=f"Training noise samples [{Settings.n_train}]."
+)
+@click.option(
+    "--n-val", type=click.IntRange(min=1), help=f"Validation noise samples [{Settings.n_val}]."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minibatch [family default].")
-@click.option("--lr", "learning_rate", type=float, help="Adam learning rate [family schedule].")
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=float,
+    help=f"Train with Adam at this learning rate instead of the family's default optimizer "
+    f"({_OPTIMIZER_TEXT}; each with a warm-up and cosine decay).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
 @_cache_option
 @click.option("--quick", is_flag=True, help="Tiny settings for smoke tests.")
@@ -116,15 +175,20 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
       bespoke-jax train --model my_model.py:make --nfe 6 --steps 500 --out runs/mine
     """
     with _clear_errors():
+        from bespoke_jax.app import jobs
+        from bespoke_jax.app.user_model import load_model
+
         user = load_model(model, guidance=guidance)
-        solver = _demo.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
+        solver = jobs.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
         given = {name: value for name, value in options.items() if value is not None}
-        settings = dataclasses.replace(_demo.QUICK if quick else _demo.Settings(), **given)
-        path, trained = _demo.train_solver(user, solver, out, settings)
+        settings = dataclasses.replace(QUICK if quick else Settings(), **given)
+        trained = jobs.train_solver(user, solver, out, settings)
+    optimizer = optimizer_name(solver, settings.learning_rate)
     click.echo(
-        f"Saved {trained.label} to {path}: validation PSNR {trained.val_psnr:.2f} dB "
-        f"(data range {user.data_range:g}), {trained.wall_s:.0f} s, "
-        f"{trained.model_calls} sample-forwards."
+        f"Saved {trained.label} to {trained.path}: validation PSNR "
+        f"{trained.result.best_val_psnr:.2f} dB (data range {user.data_range:g}) after "
+        f"{trained.steps} steps of {optimizer}, {trained.wall_s:.0f} s, "
+        f"{trained.result.model_calls} sample-forwards."
     )
 
 
@@ -132,7 +196,7 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
 @click.argument("solver", type=click.Path(exists=True, file_okay=False))
 @_model_option(required=False)
 @_guidance_option
-@click.option("--n", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=Settings.n_test, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test noise.")
 @_cache_option
 def eval_command(solver, model, guidance, n, seed, cache_dir):
@@ -148,26 +212,31 @@ def eval_command(solver, model, guidance, n, seed, cache_dir):
       bespoke-jax eval runs/bns8 --guidance 3 --n 512
     """
     with _clear_errors():
-        result = _demo.evaluate_solver(
+        from bespoke_jax.app.jobs import evaluate_solver
+        from bespoke_jax.app.report import markdown_table
+
+        result = evaluate_solver(
             solver, model=model, guidance=guidance, n=n, seed=seed, cache_dir=cache_dir
         )
     click.echo(
-        f"NFE {result['nfe']}, {n} samples, ground truth up to {result['ground_truth_nfe']} "
-        f"model calls; PSNR [dB] with data range {result['data_range']:g}\n"
+        f"NFE {result.nfe}, {result.n} samples, ground truth up to {result.ground_truth_nfe} "
+        f"model calls; PSNR [dB] with data range {result.data_range:g}\n"
     )
-    rows = [[name, value] for name, value in result["psnr"].items()]
-    click.echo(_report.markdown_table(["solver", "PSNR"], rows))
+    click.echo(markdown_table(["solver", "PSNR"], list(result.psnr.items())))
 
 
 @main.command(name="sample")
 @click.argument("solver", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, help="Folder for samples.npy and samples.png.")
+@click.option(
+    "--out", required=True, help="Folder for samples.npy (and samples.png: images, 2-D points)."
+)
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_model_option(required=False)
 @_guidance_option
 def sample_command(solver, out, n, seed, model, guidance):
-    """Draw samples with a saved solver: samples.npy and a grid image.
+    """Draw samples with a saved solver: samples.npy, and a grid image samples.png for images
+    and 2-D points.
 
     \b
     Examples:
@@ -175,7 +244,9 @@ def sample_command(solver, out, n, seed, model, guidance):
       bespoke-jax sample runs/bns8 --n 16 --guidance 4 --out runs/bns8-w4
     """
     with _clear_errors():
-        written = _demo.sample_solver(solver, out, n=n, seed=seed, model=model, guidance=guidance)
+        from bespoke_jax.app.jobs import sample_solver
+
+        written = sample_solver(solver, out, n=n, seed=seed, model=model, guidance=guidance)
     for path in written:
         click.echo(f"Wrote {path}")
 
@@ -191,5 +262,7 @@ def export_command(solver, out):
       bespoke-jax export runs/bns8 --out runs/bns8.json
     """
     with _clear_errors():
-        path = _demo.export_json(solver, out)
+        from bespoke_jax.app.jobs import export_json
+
+        path = export_json(solver, out)
     click.echo(f"Wrote {path}")

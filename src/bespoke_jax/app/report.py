@@ -1,27 +1,23 @@
-"""Markdown tables and matplotlib figures of solver comparisons, written atomically.
+"""The demo's report: Markdown tables, figures and the prose around them, written atomically.
 
-Every writer goes through ``atomic_write``: the bytes land in a temporary file next to the target
-and are moved over it with ``os.replace``, so a reader never sees half a file. Figures use the
-Agg backend (no display needed).
+``write_demo_report`` takes a ``DemoRecord`` (plain numbers, arrays and strings) and writes
+``report.md`` with its PNG figures (drawn by ``figures``). Every writer goes through
+``atomic_write``: the bytes land in a temporary file next to the target and are moved over it with
+``os.replace``, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-_DPI = 110
+from bespoke_jax.app import figures
 
 
 def atomic_write(path, data: bytes | str) -> Path:
@@ -43,12 +39,7 @@ def atomic_write(path, data: bytes | str) -> Path:
 
 def save_figure(fig, path) -> Path:
     """Render ``fig`` as PNG into ``path`` atomically and close it."""
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return atomic_write(path, buffer.getvalue())
+    return atomic_write(path, figures.png(fig))
 
 
 def _cell(value) -> str:
@@ -86,201 +77,194 @@ def psnr_table(psnr: Mapping[str, Mapping[int, float]], nfes: Sequence[int]) -> 
     return markdown_table(["solver", *(f"NFE {n}" for n in nfes)], rows)
 
 
-def plot_psnr_vs_nfe(
-    psnr: Mapping[str, Mapping[int, float]], path, *, data_range: float = 2.0, title: str = ""
-) -> Path:
-    """PSNR against NFE, one line per solver; learned solvers (names with ``bst``/``bns``) bold.
+@dataclasses.dataclass(frozen=True)
+class DemoSetup:
+    """What the demo ran on, and what its ground truth cost.
 
-    Args:
-      psnr: ``{solver: {nfe: psnr}}``.
-      path: the PNG to write.
-      data_range: R of the PSNR, stated on the axis.
-      title: the figure title.
+    Attributes:
+      guidance: classifier-free guidance w of the digits model.
+      forwards_per_call: network passes per model call (2 with guidance).
+      data_range: R of the PSNR.
+      sigma0: BNS preconditioning.
+      n_train, n_val, n_test: noise samples of the three sets.
+      eval_every: training steps between validations.
+      ground_truth_nfe: the most model calls the adaptive ground truth spent on a test sample.
+      ground_truth_calls: sample-forwards of the training sets' ground truth.
+      ground_truth_s, compute_s: wall time of every ground truth, and of everything before the
+        report (compilation included).
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, values in psnr.items():
-        nfes = sorted(n for n, v in values.items() if math.isfinite(v))
-        if not nfes:
-            continue
-        learned = "bst" in name.lower() or "bns" in name.lower()
-        ax.plot(
-            nfes,
-            [values[n] for n in nfes],
-            marker="o" if learned else ".",
-            linewidth=2.4 if learned else 1.0,
-            linestyle="-" if learned else "--",
-            label=name,
-        )
-    all_nfes = sorted({n for values in psnr.values() for n in values})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(all_nfes, [str(n) for n in all_nfes])
-    ax.set_xlabel("NFE (model calls)")
-    ax.set_ylabel(f"PSNR vs ground truth [dB] (data range {data_range:g})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    ax.set_title(title)
-    return save_figure(fig, path)
+
+    guidance: float
+    forwards_per_call: int
+    data_range: float
+    sigma0: float
+    n_train: int
+    n_val: int
+    n_test: int
+    eval_every: int
+    ground_truth_nfe: int
+    ground_truth_calls: int
+    ground_truth_s: float
+    compute_s: float
 
 
-def _is_image(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3))
+@dataclasses.dataclass(frozen=True)
+class LearnedSolver:
+    """One trained solver of the demo.
 
-
-def plot_samples(
-    samples: Mapping[str, np.ndarray],
-    path,
-    *,
-    max_samples: int = 10,
-    value_range: tuple[float, float] | None = (-1.0, 1.0),
-    title: str = "",
-) -> Path:
-    """A grid of samples: one row (images) or one panel (2-D points) per method.
-
-    Images ``(B, H, W)`` or ``(B, H, W, C)`` show their first ``max_samples`` samples in a row
-    per method; points ``(B, 2)`` are scattered, one panel per method with shared limits.
-
-    Args:
-      samples: ``{method: (B, *shape)}`` in display order (ground truth first, by convention).
-      path: the PNG to write.
-      max_samples: images shown per row.
-      value_range: pixel values mapped to black and white (``None``: the data's range).
-      title: the figure title.
-
-    Raises:
-      ValueError: samples that are neither images nor 2-D points.
+    Attributes:
+      label: its name in tables and files (``"bns-8"``).
+      optimizer: the optimizer's display name (``defaults.optimizer_name``).
+      num_params, steps, batch_size, best_step: its size and optimisation.
+      val_psnr: validation PSNR [dB] of the kept step.
+      wall_s: training wall time (compilation included).
+      model_calls: sample-forwards spent, ground truth included.
+      history: ``{"step", "val_psnr"}`` lists of the validations.
+      times: the ``nfe + 1`` model times of its grid.
+      coefficients: its decoded coefficients (arrays and scalars, as ``bj.export_solver``).
     """
-    arrays = {name: np.asarray(x) for name, x in samples.items()}
-    shapes = {x.shape[1:] for x in arrays.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"All samples must share one sample shape, got {sorted(shapes)}.")
-    (shape,) = shapes
-    if _is_image(shape):
-        return _image_grid(arrays, path, max_samples, value_range, title)
-    if shape == (2,):
-        return _scatter_grid(arrays, path, title)
-    raise ValueError(
-        f"Cannot draw samples of shape {shape}: plot_samples draws images (H, W) or (H, W, C) "
-        f"and 2-D points (2,)."
-    )
+
+    label: str
+    optimizer: str
+    num_params: int
+    steps: int
+    batch_size: int
+    best_step: int
+    val_psnr: float
+    wall_s: float
+    model_calls: int
+    history: Mapping[str, Sequence[float]]
+    times: np.ndarray
+    coefficients: Mapping[str, np.ndarray]
 
 
-def _image_grid(arrays, path, max_samples, value_range, title) -> Path:
-    count = min(max_samples, min(len(x) for x in arrays.values()))
-    if value_range is None:
-        stacked = np.concatenate([x[:count].ravel() for x in arrays.values()])
-        value_range = (float(stacked.min()), float(stacked.max()))
-    low, high = value_range
-    fig, axes = plt.subplots(
-        len(arrays), count, figsize=(0.9 * count + 1.2, 0.95 * len(arrays)), squeeze=False
-    )
-    for row, (name, x) in zip(axes, arrays.items(), strict=True):
-        for j, ax in enumerate(row):
-            image = np.clip((x[j] - low) / (high - low), 0.0, 1.0)
-            ax.imshow(image.squeeze(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    axes[0, 0].set_title(title, loc="left", fontsize=10)
-    return save_figure(fig, path)
+@dataclasses.dataclass(frozen=True)
+class DemoRecord:
+    """Everything the demo's report shows.
 
-
-def _scatter_grid(arrays, path, title) -> Path:
-    cols = min(4, len(arrays))
-    rows = math.ceil(len(arrays) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
-    stacked = np.concatenate(list(arrays.values()))
-    low, high = np.percentile(stacked, [0.5, 99.5], axis=0)
-    pad = 0.05 * (high - low)
-    for ax, (name, x) in zip(axes.ravel(), arrays.items(), strict=False):
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5)
-        ax.set_xlim(low[0] - pad[0], high[0] + pad[0])
-        ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
-        ax.set_aspect("equal")
-        ax.set_title(name, fontsize=9)
-    for ax in axes.ravel()[len(arrays) :]:
-        ax.set_axis_off()
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-def plot_coefficients(coefficients: Mapping[str, np.ndarray], path, *, title: str = "") -> Path:
-    """One panel per learned coefficient: vectors as curves, matrices as heatmaps.
-
-    A vector is drawn against ``coefficients["r"]`` (the BST grid in r) when that key exists and
-    the vector has its length or one less (values at all but the last point), else against its
-    index. A square matrix whose strict upper triangle is zero
-    (BNS ``b``) shows only its lower triangle.
-
-    Args:
-      coefficients: ``{name: array}`` of scalars, vectors ``(n,)`` and matrices ``(n, m)``;
-        ``"r"`` is the abscissa, not a panel; scalars appear in the title.
-      path: the PNG to write.
-      title: the figure title.
+    Attributes:
+      setup: the settings and ground-truth costs.
+      psnr: ``{solver: {nfe: dB}}`` on the test set, learned solvers first.
+      samples: ``{nfe: {solver: (N, *shape)}}``, the ground truth first.
+      learned: the trained solvers.
+      skipped: ``{"baseline, NFE n": why it was not run}``.
     """
-    arrays = {name: np.asarray(value) for name, value in coefficients.items()}
-    r = arrays.pop("r", None)
-    scalars = {name: float(v) for name, v in arrays.items() if v.ndim == 0}
-    panels = {name: v for name, v in arrays.items() if v.ndim in (1, 2)}
-    if not panels:
-        raise ValueError(f"No vector or matrix coefficients to plot among {sorted(arrays)}.")
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    for ax, (name, value) in zip(axes.ravel(), panels.items(), strict=False):
-        if value.ndim == 1:
-            use_r = r is not None and len(value) in (len(r), len(r) - 1)
-            xs = r[: len(value)] if use_r else np.arange(len(value))
-            ax.plot(xs, value, marker="o", markersize=3)
-            ax.set_xlabel("r" if use_r else "index")
-            ax.grid(alpha=0.3)
-        else:
-            shown = value
-            if value.shape[0] == value.shape[1] and not np.any(np.triu(value, 1)):
-                shown = np.ma.masked_array(value, np.triu(np.ones(value.shape, bool), 1))
-            image = ax.imshow(shown, cmap="coolwarm", norm=_centred(value))
-            fig.colorbar(image, ax=ax, fraction=0.046)
-            ax.set_xlabel("j")
-            ax.set_ylabel("i")
-        ax.set_title(name, fontsize=10)
-    for ax in axes.ravel()[len(panels) :]:
-        ax.set_axis_off()
-    extra = ", ".join(f"{name} = {value:.4g}" for name, value in scalars.items())
-    fig.suptitle(f"{title} ({extra})" if title and extra else title or extra)
-    fig.tight_layout()
-    return save_figure(fig, path)
+
+    setup: DemoSetup
+    psnr: Mapping[str, Mapping[int, float]]
+    samples: Mapping[int, Mapping[str, np.ndarray]]
+    learned: Sequence[LearnedSolver]
+    skipped: Mapping[str, str]
 
 
-def _centred(value: np.ndarray):
-    bound = float(np.max(np.abs(value))) or 1.0
-    return matplotlib.colors.TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
+def write_demo_report(out_dir, record: DemoRecord) -> Path:
+    """The demo's figures and ``report.md`` in ``out_dir``; returns the report's path."""
+    out_dir = Path(out_dir)
+    setup = record.setup
+    title = f"digits, guidance {setup.guidance:g}"
+    figure = figures.psnr_vs_nfe(record.psnr, data_range=setup.data_range, title=title)
+    save_figure(figure, out_dir / "psnr_vs_nfe.png")
+    for nfe, shown in record.samples.items():
+        save_figure(figures.samples(shown, title=f"NFE {nfe}"), out_dir / f"samples_nfe{nfe}.png")
+    for solver in record.learned:
+        figure = figures.coefficients(solver.coefficients, title=f"learned {solver.label}")
+        save_figure(figure, out_dir / f"{solver.label}.png")
+    grids = {solver.label: solver.times for solver in record.learned}
+    figure = figures.time_grids(grids, title="learned time grids (model time)")
+    save_figure(figure, out_dir / "time_grids.png")
+    histories = {solver.label: solver.history for solver in record.learned}
+    save_figure(figures.histories(histories), out_dir / "training.png")
+    sections = (_introduction, _results, _learned_solvers, _training_cost, _skipped)
+    lines = [line for section in sections for line in section(record)]
+    return atomic_write(out_dir / "report.md", "\n".join(lines))
 
 
-def plot_time_grids(grids: Mapping[str, np.ndarray], path, *, title: str = "") -> Path:
-    """Time grids ``0 = t_0 < ... < t_n = 1`` against ``i / n``, one line per solver.
-
-    The diagonal is the uniform grid; a curve below it spends more steps near the noise end.
-    """
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    ax.plot([0, 1], [0, 1], color="gray", linewidth=0.8, linestyle=":", label="uniform")
-    for name, grid in grids.items():
-        grid = np.asarray(grid)
-        ax.plot(np.linspace(0.0, 1.0, len(grid)), grid, marker="o", markersize=3, label=name)
-    ax.set_xlabel("i / n")
-    ax.set_ylabel("t_i")
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    return save_figure(fig, path)
+def _introduction(record: DemoRecord) -> list[str]:
+    setup = record.setup
+    return [
+        "# Bespoke solvers for the shipped digits model",
+        "",
+        f'Model: `bj.pretrained("digits")`, 8x8 handwritten digits in [-1, 1], CondOT flow '
+        f"matching, classifier-free guidance w = {setup.guidance:g} (one model call is "
+        f"{setup.forwards_per_call} network passes).",
+        f"Test set: {setup.n_test} noise samples (labels 0-9 in turn) never used in "
+        f"training. Ground truth: adaptive Dopri5, rtol = atol = 1e-5, up to "
+        f"{setup.ground_truth_nfe} model calls per sample.",
+        "PSNR against the ground truth, per sample then averaged, "
+        f"**data range R = {setup.data_range:g}**.",
+        "",
+    ]
 
 
-def plot_histories(histories: Mapping[str, Mapping[str, Sequence]], path) -> Path:
-    """Validation PSNR against training step, one line per trained solver."""
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for name, history in histories.items():
-        ax.plot(history["step"], history["val_psnr"], label=name)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation PSNR [dB]")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+def _results(record: DemoRecord) -> list[str]:
+    return [
+        "## PSNR [dB] vs NFE",
+        "",
+        psnr_table(record.psnr, list(record.samples)),
+        "BNS: bespoke non-stationary solver (midpoint init, preconditioned with sigma0 = "
+        f"{record.setup.sigma0:g}); BST: RK2 bespoke scale-time solver. `-`: the solver "
+        "cannot spend that NFE.",
+        "",
+        "![PSNR vs NFE](psnr_vs_nfe.png)",
+        "",
+        "## Samples",
+        "",
+        "Same noise and labels in every row: the ground truth, then the learned solvers, then "
+        "the baselines.",
+        "",
+        *(f"![NFE {nfe}](samples_nfe{nfe}.png)\n" for nfe in record.samples),
+    ]
+
+
+def _learned_solvers(record: DemoRecord) -> list[str]:
+    return [
+        "## Learned solvers",
+        "",
+        "Time grids in model time (the diagonal is the uniform grid):",
+        "",
+        "![time grids](time_grids.png)",
+        "",
+        "BST: time t(r), scale s(r) and their derivatives on r = j / NFE. BNS: grid (solver "
+        "time r), weights a of the noise, lower-triangular weights b of the velocities.",
+        "",
+        *(f"![{solver.label}]({solver.label}.png)\n" for solver in record.learned),
+        "Validation PSNR during training:",
+        "",
+        "![training](training.png)",
+        "",
+    ]
+
+
+def _training_cost(record: DemoRecord) -> list[str]:
+    setup = record.setup
+    header = ["solver", "optimizer", "parameters", "steps", "batch", "best step", "val PSNR"]
+    header += ["wall s", "calls"]
+    rows = [
+        [s.label, s.optimizer, s.num_params, s.steps, s.batch_size, s.best_step, s.val_psnr]
+        + [s.wall_s, s.model_calls]
+        for s in record.learned
+    ]
+    return [
+        "## Training cost",
+        "",
+        markdown_table(header, rows),
+        "calls: sample-forwards of the model (one call on a batch of B counts B), ground truth "
+        f"included. Ground truth of the training sets: {setup.ground_truth_calls} "
+        f"sample-forwards; of all sets: {setup.ground_truth_s:.0f} s wall. Each optimizer runs "
+        f"with its family's warm-up and cosine decay, validation every {setup.eval_every} steps "
+        f"on {setup.n_val} samples, {setup.n_train} training samples. Wall time of everything "
+        f"before this report (compilation included): {setup.compute_s:.0f} s.",
+        "",
+        "Saved solvers: `solvers/NAME` (`bj.load_solver`, `bespoke-jax eval solvers/NAME`) "
+        "and their plain-JSON coefficients `solvers/NAME.json`.",
+        "",
+    ]
+
+
+def _skipped(record: DemoRecord) -> list[str]:
+    return [
+        "## Baselines not run",
+        "",
+        *(f"- {name}: {why}" for name, why in record.skipped.items()),
+        "",
+    ]

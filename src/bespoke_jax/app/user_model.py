@@ -40,12 +40,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from bespoke_jax.app.defaults import DEFAULT_GUIDANCE
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.models.pretrained import NAMES, pretrained
 
-# Classifier-free guidance of the shipped conditional model when none is asked for: the
-# demo's setting, where learned solvers gain the most over the baselines.
-DEFAULT_GUIDANCE = 2.0
 _DATA_RANGES = {"digits": 2.0, "checkerboard": 4.0}  # pixels in [-1, 1]; points in [-2, 2]^2
 
 

@@ -1,0 +1,337 @@
+"""The command-line jobs as Python functions: train, evaluate, sample and export a solver.
+
+Each job takes a model (``UserModel`` from ``user_model.load_model``) or a saved solver's
+directory and plain settings, logs its progress to stderr, writes its outputs atomically and
+returns a small record; ``bespoke-jax`` (``cli.py``) only parses options and calls these, and the
+demo (``demo.py``) builds on the same pieces. Noise set ``k`` of a run (0 training,
+1 validation, 2 test) is drawn from ``fold_in(key(seed), k)``; its ground truth is solved once
+and shared by every family and NFE of the run (and across runs through the on-disk cache,
+``cache_dir``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from bespoke_jax import solvers
+from bespoke_jax.app import figures
+from bespoke_jax.app.defaults import FAMILY_NAMES, Settings, default_steps
+from bespoke_jax.app.report import atomic_write, save_figure
+from bespoke_jax.app.user_model import UserModel, load_model
+from bespoke_jax.core.metrics import psnr
+from bespoke_jax.families.bns import bns
+from bespoke_jax.families.bst import BASES, bst
+from bespoke_jax.io.cache import cached_training_data
+from bespoke_jax.io.storage import export_solver, load_solver, save_solver
+from bespoke_jax.training.loop import TrainResult, train
+from bespoke_jax.truth.data import TrainingData
+from bespoke_jax.truth.sharded import sharded_training_data
+
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+def log(message: str) -> None:
+    """A progress line on stderr."""
+    print(f"[bespoke-jax] {message}", file=sys.stderr, flush=True)
+
+
+def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None):
+    """A learned solver family from command-line options (``None``: the family's default).
+
+    Args:
+      family: ``"bns"`` or ``"bst"``.
+      nfe: model calls per sample.
+      init: BNS: the baseline it starts from (``bj.solvers.NAMES``); BST: its base, ``"rk1"``
+        or ``"rk2"`` (default ``"rk2"``).
+      sigma0: BNS preconditioning; not a BST option.
+      scheduler: the model's scheduler (BNS preconditioning and exponential inits need it).
+
+    Raises:
+      ValueError: an unknown family, an option the family does not take, or an NFE it cannot
+        spend.
+    """
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"Unknown family {family!r}; valid families: {', '.join(FAMILY_NAMES)}.")
+    inits = BASES if family == "bst" else solvers.NAMES
+    if init is not None and init not in inits:
+        raise ValueError(f"--family {family} takes --init {' | '.join(inits)}, not {init!r}.")
+    if family == "bst":
+        if sigma0 is not None:
+            raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
+        return bst(nfe, base=init or "rk2")
+    options = {"init": init, "sigma0": sigma0}
+    return bns(nfe, scheduler=scheduler, **{k: v for k, v in options.items() if v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSet:
+    """Noise ``x0 (N, *shape)``, the field's args for it, and its ground truth."""
+
+    x0: np.ndarray
+    args: object
+    data: TrainingData
+
+
+def noise_set(model: UserModel, n: int, index: int, settings: Settings, save_ts=None) -> NoiseSet:
+    """Noise set ``index`` of ``settings.seed`` (``n`` samples), its args and ground truth."""
+    key_x, key_args = jax.random.split(jax.random.fold_in(jax.random.key(settings.seed), index))
+    x0 = np.asarray(model.noise(key_x, n))
+    args = model.make_args(key_args, n)
+    options = {"args": args, "save_ts": save_ts}
+    if settings.cache_dir is None:
+        data = sharded_training_data(model.velocity, x0, **options)
+    else:
+        data = cached_training_data(
+            model.velocity, x0, cache_dir=settings.cache_dir, model_id=model.identity, **options
+        )
+    return NoiseSet(x0, args, data)
+
+
+class TrainingSets:
+    """The training noise of a run with one ground-truth solve per distinct ``save_ts``.
+
+    A set that kept a path also serves every family that needs (noise, sample) pairs only.
+    """
+
+    def __init__(self, model: UserModel, settings: Settings):
+        self.model, self.settings = model, settings
+        self.sets: dict[bytes | None, NoiseSet] = {}
+
+    def get(self, save_ts) -> NoiseSet:
+        if save_ts is None and self.sets:
+            return next(iter(self.sets.values()))
+        key = None if save_ts is None else np.asarray(save_ts).tobytes()
+        if key not in self.sets:
+            n = self.settings.n_train
+            log(f"ground truth of {n} training samples" + ("" if key is None else " with paths"))
+            self.sets[key] = noise_set(self.model, n, TRAIN, self.settings, save_ts)
+        return self.sets[key]
+
+    @property
+    def model_calls(self) -> int:
+        """Sample-forwards the ground truth of the training sets cost."""
+        return sum(s.data.nfe * len(s.x0) for s in self.sets.values())
+
+
+def sample(family, params, model: UserModel, x0, args) -> np.ndarray:
+    """A learned solver's samples ``(N, *shape)`` from noise ``x0 (N, *shape)``."""
+    run = jax.jit(lambda params, x0, args: family.sample(params, model.velocity, x0, args))
+    return np.asarray(run(params, x0, args))
+
+
+def baseline_samples(
+    model: UserModel, test: NoiseSet, nfe: int, names: Sequence[str] = solvers.NAMES
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The baselines ``names`` that can spend ``nfe``, run on the test noise.
+
+    Returns:
+      ``({name: x1}, {name: why it was not run})``.
+    """
+    samples, skipped = {}, {}
+    for name in names:
+        spec = solvers.SPECS[name]
+        try:
+            solvers.steps_for(name, nfe)
+        except ValueError as err:
+            skipped[name] = str(err)
+            continue
+        if spec.requires_scheduler and model.scheduler is None:
+            skipped[name] = f"{name} needs the model's scheduler (add 'scheduler' to the model)."
+            continue
+        run = jax.jit(
+            lambda x0, args, fn=spec.fn: fn(
+                model.velocity, x0, nfe=nfe, args=args, scheduler=model.scheduler
+            )
+        )
+        samples[name] = np.asarray(run(test.x0, test.args))
+    return samples, skipped
+
+
+def psnr_against(x1: np.ndarray, model: UserModel, noise: NoiseSet) -> float:
+    """PSNR [dB] of samples ``x1`` of ``noise`` against its ground truth."""
+    return float(psnr(x1, noise.data.x1, model.data_range))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A trained solver: ``bj.train``'s result, the settings it ran with and its wall time.
+
+    Attributes:
+      family: the learned solver family.
+      result: ``bj.train``'s ``TrainResult`` (params, history, best step, model calls).
+      steps, batch_size: the optimisation settings used.
+      wall_s: training wall time (compilation included).
+      path: where the solver was saved (``None``: not saved).
+    """
+
+    family: object
+    result: TrainResult
+    steps: int
+    batch_size: int
+    wall_s: float
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.family.name}-{self.family.nfe}"
+
+
+def fit(model: UserModel, family, sets: TrainingSets, val: NoiseSet, *, progress=True) -> Trained:
+    """Train ``family`` on the shared ground truth of ``model`` (``bj.train``)."""
+    settings = sets.settings
+    train_set = sets.get(family.save_ts)
+    steps = settings.steps or default_steps(family)
+    batch_size = min(settings.batch_size or family.default_batch_size, settings.n_train)
+    start = time.perf_counter()
+    result = train(
+        family,
+        model.velocity,
+        train_set.x0,
+        val.x0,
+        args=train_set.args,
+        val_args=val.args,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=settings.learning_rate,
+        eval_every=min(settings.eval_every, steps),
+        data_range=model.data_range,
+        train_data=train_set.data,
+        val_data=val.data,
+        progress=progress,
+    )
+    trained = Trained(family, result, steps, batch_size, time.perf_counter() - start)
+    log(
+        f"{trained.label}: validation PSNR {result.history['val_psnr'][0]:.2f} -> "
+        f"{result.best_val_psnr:.2f} dB (best step {result.best_step}/{steps}, "
+        f"{trained.wall_s:.0f} s)"
+    )
+    return trained
+
+
+def metadata(model: UserModel, trained: Trained, **extra) -> dict:
+    """What a saved solver records of its model and its training."""
+    return {
+        "model": model.name,
+        "model_id": model.identity,
+        "guidance": model.guidance,
+        "data_range": model.data_range,
+        "scheduler": model.scheduler,
+        "val_psnr": trained.result.best_val_psnr,
+        "best_step": trained.result.best_step,
+        "steps": trained.steps,
+        "train_wall_s": trained.wall_s,
+        "train_model_calls": trained.result.model_calls,
+        **extra,
+    }
+
+
+def train_solver(
+    model: UserModel, family, out, settings: Settings | None = None, *, progress=True
+) -> Trained:
+    """Train ``family`` on ``model`` and save it to the directory ``out``.
+
+    ``settings`` default to ``Settings()``.
+
+    Returns:
+      The trained solver, with ``path`` the directory written.
+    """
+    settings = Settings() if settings is None else settings
+    sets = TrainingSets(model, settings)
+    sets.get(family.save_ts)
+    log(f"ground truth of {settings.n_val} validation samples")
+    val = noise_set(model, settings.n_val, VAL, settings)
+    trained = fit(model, family, sets, val, progress=progress)
+    path = save_solver(out, family, trained.result.params, metadata(model, trained))
+    log(f"saved {trained.label} to {path}")
+    return dataclasses.replace(trained, path=path)
+
+
+def solver_model(path, model: str | None = None, guidance: float | None = None):
+    """A saved solver and its model (the one in its metadata unless ``model`` is given).
+
+    Returns:
+      ``(family, params, UserModel)``.
+    """
+    family, params, record = load_solver(path)
+    name = model or record.get("model")
+    if name is None:
+        raise ValueError(f"{path} does not record its model: pass --model.")
+    guidance = record.get("guidance") if guidance is None else guidance
+    return family, params, load_model(name, guidance=guidance)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """PSNR of a saved solver next to the baselines at its NFE.
+
+    Attributes:
+      nfe: model calls per sample.
+      n: test samples.
+      data_range: R of the PSNR.
+      ground_truth_nfe: the most model calls the adaptive ground truth spent on a sample.
+      psnr: ``{solver: dB}``, the saved solver (``"bns-8 (saved)"``) first.
+      skipped: ``{baseline: why it was not run}``.
+    """
+
+    nfe: int
+    n: int
+    data_range: float
+    ground_truth_nfe: int
+    psnr: dict[str, float]
+    skipped: dict[str, str]
+
+
+def evaluate_solver(
+    path, *, model=None, guidance=None, n: int = 256, seed: int = 0, cache_dir=None
+) -> Evaluation:
+    """PSNR of a saved solver and of every baseline at its NFE against fresh ground truth of
+    test noise set ``TEST`` of ``seed``."""
+    family, params, user = solver_model(path, model, guidance)
+    log(f"ground truth of {n} test samples of {user.name}")
+    test = noise_set(user, n, TEST, Settings(seed=seed, cache_dir=cache_dir))
+    x1 = sample(family, params, user, test.x0, test.args)
+    table = {f"{family.name}-{family.nfe} (saved)": psnr_against(x1, user, test)}
+    samples, skipped = baseline_samples(user, test, family.nfe)
+    table.update({name: psnr_against(x, user, test) for name, x in samples.items()})
+    return Evaluation(family.nfe, n, user.data_range, test.data.nfe, table, skipped)
+
+
+def save_npy(path, array) -> Path:
+    """``np.save`` into ``path`` atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return atomic_write(path, buffer.getvalue())
+
+
+def sample_solver(
+    path, out_dir, *, n: int = 64, seed: int = 0, model=None, guidance=None
+) -> list[Path]:
+    """Samples of a saved solver: ``samples.npy`` ``(n, *shape)`` and, for images or 2-D
+    points, ``samples.png``. Returns the paths written."""
+    family, params, user = solver_model(path, model, guidance)
+    key_x, key_args = jax.random.split(jax.random.key(seed))
+    x1 = sample(family, params, user, user.noise(key_x, n), user.make_args(key_args, n))
+    out_dir = Path(out_dir)
+    written = [save_npy(out_dir / "samples.npy", x1)]
+    try:
+        title = f"{family.name}, {family.nfe} NFE"
+        figure = figures.samples({title: x1}, max_samples=16)
+    except ValueError as err:
+        log(f"no samples.png: {err}")
+    else:
+        written.append(save_figure(figure, out_dir / "samples.png"))
+    return written
+
+
+def export_json(path, out) -> Path:
+    """The plain-JSON coefficients of a saved solver (``bj.export_solver``), written to ``out``."""
+    family, params, record = load_solver(path)
+    return export_solver(out, family, params, record)
