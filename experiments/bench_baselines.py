@@ -18,7 +18,7 @@ import jax
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax.app.report import atomic_write
+from bespoke_jax.io.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = (4, 6, 8, 10, 12, 16)

@@ -27,7 +27,9 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax.app.report import atomic_write, records_table
+from bespoke_jax.app.report import records_table
+from bespoke_jax.io.files import atomic_write
+from bespoke_jax.training.config import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = tuple(range(4, 21, 2))
@@ -95,8 +97,7 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
     """
     key = None if family.save_ts is None else tuple(np.asarray(family.save_ts).tolist())
     train_data, val_data = data.get(key, (None, None))
-    steps = steps or family.default_steps
-    default = getattr(family, "default_optimizer", None)  # BNS: Prodigy; BST: Adam
+    config = resolve(family, len(x_train), steps=steps)  # BNS: Prodigy; BST: Adam
     start = time.perf_counter()
     result = bj.train(
         family,
@@ -105,9 +106,9 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
         x_val,
         args=args[0],
         val_args=args[1],
-        steps=steps,
-        learning_rate=family.default_learning_rate(steps),
-        optimizer=None if default is None else default(steps),
+        steps=config.steps,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
         train_data=train_data,
         val_data=val_data,
         progress=False,

@@ -21,7 +21,9 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax.app.report import atomic_write, records_table
+from bespoke_jax.app.report import records_table
+from bespoke_jax.io.files import atomic_write
+from bespoke_jax.training.config import resolve
 from bespoke_jax.truth.paths import hermite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,15 +69,16 @@ def psnr_rows(nfes=NFES, direct_nfes=DIRECT_NFES, sizes=(520, 512, 1024), steps=
     test = bj.make_training_data(u, x_test)
 
     def fit(family):
+        config = resolve(family, len(x_train), steps=steps)
         start = time.perf_counter()
         result = bj.train(
             family,
             u,
             x_train,
             x_val,
-            steps=steps or family.default_steps,
-            batch_size=family.default_batch_size,
-            learning_rate=family.default_learning_rate(steps),
+            steps=config.steps,
+            batch_size=config.batch_size,
+            optimizer=config.optimizer,
             train_data=train_data,
             val_data=val_data,
             progress=False,
