@@ -20,7 +20,7 @@
    on the 64-d mixture and the shipped ``digits`` model, as a fraction of that model's own
    training forwards (``bj.pretrained("digits").training_cost``). The paper spent 9.7M.
 
-Run ``python experiments/bench_costs.py`` (``--quick`` for a shrunken smoke run); the tables are
+Run ``python -m experiments.bench_costs`` (``--quick`` for a shrunken smoke run); the tables are
 printed and written to ``runs/bench_costs.md``.
 """
 
@@ -40,17 +40,13 @@ from bespoke_jax.app.report import records_table
 from bespoke_jax.io.files import atomic_write
 from bespoke_jax.training.config import resolve
 from bespoke_jax.training.steps import make_update_step
+from experiments._common import mixture_field
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = (64, 256, 1024, 3072, 12288)
 NFES = (4, 8, 12, 16, 20)
 PAPER_FORWARDS = 9.7e6
 FORWARD_BUDGET = 1e6
-
-
-def mixture_field(dim: int):
-    """The CondOT velocity of ``GaussianMixture.random(key(0), 32, dim, 0.05)``."""
-    return bj.GaussianMixture.random(jax.random.key(0), 32, dim, 0.05).velocity(bj.cond_ot())
 
 
 def noise(seed: int, n: int, dim: int) -> jax.Array:

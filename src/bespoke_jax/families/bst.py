@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bespoke_jax.core.metrics import rmse
+from bespoke_jax.core.metrics import per_sample_mse, rmse
 from bespoke_jax.core.transforms import ScaleTime
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.paths import NUM_POINTS, hermite, save_times
@@ -229,8 +229,7 @@ class BST:
         steps = jax.vmap(lambda i, xi: self._step(c, i, xi, u, args))(
             jnp.arange(self.num_steps), x[:-1]
         )
-        diff = jnp.reshape(x[1:] - steps, (self.num_steps, x.shape[1], -1))
-        return jnp.sqrt(jnp.mean(jnp.square(diff), axis=-1))
+        return jnp.sqrt(jax.vmap(per_sample_mse)(x[1:], steps))
 
     def bound(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
         """``(B,)`` RMSE upper bounds ``sum_i M_i d_i``, ``M_i = prod_{j > i} L_j`` (eqs. 25-26)."""
