@@ -175,6 +175,29 @@ def _start(family, config: TrainConfig, key_data, mesh, checkpoints, validate_in
     return LoopState(0, train, history, 0, psnr0, 0.0), False
 
 
+def _fingerprint(family, config: TrainConfig, key_data, x0_train, x0_val) -> dict:
+    """What makes a checkpoint directory this run's."""
+    return {
+        "family": {"name": family.name, **family.config()},
+        **config.fingerprint(),
+        "key": key_data.tolist(),
+        "x0_train": array_hash(x0_train),
+        "x0_val": array_hash(x0_val),
+    }
+
+
+def _hooks(family, config, state, resumed, checkpoints, log_path, on_eval, progress) -> list:
+    """The log (its step-0 line written on a fresh run), ``on_eval``, the bar, checkpoints."""
+    log = JsonLog(log_path, state.step if resumed else None)
+    if not resumed:
+        log.write({"step": 0, "loss": None, "val_psnr": state.best_val_psnr, "wall_s": 0.0})
+    hooks = [log, *([] if on_eval is None else [Callback(on_eval)])]
+    hooks.append(ProgressBar(f"train {family.name}", state.step, config.steps, progress))
+    if checkpoints is not None:
+        hooks.append(CheckpointEvery(checkpoints, config.checkpoint_every, config.steps))
+    return hooks
+
+
 def train(
     family: Family,
     u: Callable,
@@ -262,26 +285,14 @@ def train(
     )  # fmt: skip
     validate = make_validate_step(family, u, mesh, num_val=m, data_range=data_range)
     val_inputs = place_validation(val_data.x0, val_data.x1, val_args, mesh)
-    fingerprint = {
-        "family": {"name": family.name, **family.config()},
-        **config.fingerprint(),
-        "key": key_data.tolist(),
-        "x0_train": array_hash(x0_train),
-        "x0_val": array_hash(x0_val),
-    }
+    fingerprint = _fingerprint(family, config, key_data, x0_train, x0_val)
     checkpoints = None if checkpoint_dir is None else Checkpoints(checkpoint_dir, fingerprint)
     state, resumed = _start(
         family, config, key_data, mesh, checkpoints, lambda p: validate(p, *val_inputs)
     )
     if log_path is None and checkpoint_dir is not None:
         log_path = Path(checkpoint_dir) / "log.jsonl"
-    log = JsonLog(log_path, state.step if resumed else None)
-    if not resumed:
-        log.write({"step": 0, "loss": None, "val_psnr": state.best_val_psnr, "wall_s": 0.0})
-    hooks = [log, *([] if on_eval is None else [Callback(on_eval)])]
-    hooks.append(ProgressBar(f"train {family.name}", state.step, config.steps, progress))
-    if checkpoints is not None:
-        hooks.append(CheckpointEvery(checkpoints, config.checkpoint_every, config.steps))
+    hooks = _hooks(family, config, state, resumed, checkpoints, log_path, on_eval, progress)
     train_inputs = replicate((TrainingData(*train_data[:5]), args), mesh)
     state = run_loop(
         update, validate, state, steps=config.steps, eval_every=config.eval_every,

@@ -92,8 +92,11 @@ def make_update_step(
 
     def update(params, opt_state, key_data, data, field_args):
         (value, grads), key_data = gradient(params, key_data, data, field_args)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, key_data, value
+        # Optax raises step counts (int32) to float powers: its promotions are its own.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return params, opt_state, key_data, value
 
     return jax.jit(update, out_shardings=NamedSharding(mesh, P()))
 
