@@ -6,7 +6,7 @@ worth comparing, is scored by PSNR (data range R = 2) against the adaptive Dopri
 (rtol = atol = 1e-5) at NFE 4, 6, 8, 10, 12 and 16; '—' where a solver cannot spend that NFE.
 EDM spends only odd NFE (2N - 1): its row is measured at one NFE less than its column's.
 
-Run ``python experiments/bench_baselines.py``; the table is printed and written to
+Run ``python -m experiments.bench_baselines``; the table is printed and written to
 ``runs/bench_baselines.md``.
 """
 
@@ -18,7 +18,8 @@ import jax
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax.app.report import atomic_write
+from bespoke_jax.io.files import atomic_write
+from experiments._common import mixture_field
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = (4, 6, 8, 10, 12, 16)
@@ -53,9 +54,8 @@ def label(name: str, kwargs: dict, offset: int) -> str:
 
 def psnr_table(num_samples: int = 1024, nfes=NFES, variants=VARIANTS):
     """PSNR of each variant at each NFE (``None`` where it cannot spend it) and the GT's NFE."""
-    mixture = bj.GaussianMixture.random(jax.random.key(0), 32, 64, 0.05)
-    u = mixture.velocity(bj.cond_ot())
-    x0 = jax.random.normal(jax.random.key(1), (num_samples, mixture.dim))
+    u = mixture_field(64)
+    x0 = jax.random.normal(jax.random.key(1), (num_samples, 64))
     truth = bj.ground_truth(u, x0)
     rows = {}
     for name, kwargs, offset in variants:

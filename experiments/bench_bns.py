@@ -10,7 +10,7 @@
 2. The NFE each baseline needs to match BNS at NFE 8.
 3. The shipped ``digits`` model at guidance 0 and 2, with and without preconditioning sigma0.
 
-Run ``python experiments/bench_bns.py`` (``--quick`` for a shrunken smoke run); the tables are
+Run ``python -m experiments.bench_bns`` (``--quick`` for a shrunken smoke run); the tables are
 printed and written to ``runs/bench_bns.md``.
 """
 
@@ -27,14 +27,17 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax import solvers
-from bespoke_jax.app.report import atomic_write, records_table
+from bespoke_jax.app.report import records_table
+from bespoke_jax.io.files import atomic_write
+from bespoke_jax.training.config import resolve
+from experiments._common import DEFAULT_RUNS, baseline_psnrs, mixture_field, noise_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = tuple(range(4, 21, 2))
 DEDICATED = ("dpm_solver_pp", "unipc")
 LOGSNR = tuple(f"{name} (logsnr)" for name in DEDICATED)
 # (label, solver, grid): every baseline on its default grid, the dedicated ones on log-SNR too.
-RUNS = [(name, name, None) for name in solvers.NAMES] + [
+RUNS = [*DEFAULT_RUNS] + [
     (label, name, "logsnr") for label, name in zip(LOGSNR, DEDICATED, strict=True)
 ]
 SIZES = (520, 1024, 1024)
@@ -44,30 +47,6 @@ SPEED_NOTE = (
     "mixture's call is only a few such passes, so there the combine shows and grows with NFE; "
     "next to a network call it does not (time / Euler in the digits table below)."
 )
-
-
-def noise_sets(shape, sizes=SIZES, seed: int = 1):
-    """Independent training, validation and held-out test noise, ``(n, *shape)`` each."""
-    keys = jax.random.split(jax.random.key(seed), len(sizes))
-    return [jax.random.normal(key, (n, *shape)) for key, n in zip(keys, sizes, strict=True)]
-
-
-def baselines(u, x0, x1, nfe: int, scheduler, args=None) -> dict:
-    """Held-out PSNR of every run of ``RUNS`` that can spend ``nfe`` exactly, by label."""
-    out = {}
-    for label, name, grid in RUNS:
-        try:
-            solvers.steps_for(name, nfe)
-        except ValueError:
-            continue
-        solver = solvers.SOLVERS[name]
-
-        @jax.jit
-        def sample(x0, args, solver=solver, grid=grid):
-            return solver(u, x0, nfe=nfe, args=args, scheduler=scheduler, grid=grid)
-
-        out[label] = float(bj.psnr(sample(x0, args), x1))
-    return out
 
 
 def time_ratio(family, params, u, x0, args=None, repeats: int = 21) -> float:
@@ -95,8 +74,7 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
     """
     key = None if family.save_ts is None else tuple(np.asarray(family.save_ts).tolist())
     train_data, val_data = data.get(key, (None, None))
-    steps = steps or family.default_steps
-    default = getattr(family, "default_optimizer", None)  # BNS: Prodigy; BST: Adam
+    config = resolve(family, len(x_train), steps=steps)  # BNS: Prodigy; BST: Adam
     start = time.perf_counter()
     result = bj.train(
         family,
@@ -105,9 +83,9 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
         x_val,
         args=args[0],
         val_args=args[1],
-        steps=steps,
-        learning_rate=family.default_learning_rate(steps),
-        optimizer=None if default is None else default(steps),
+        steps=config.steps,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
         train_data=train_data,
         val_data=val_data,
         progress=False,
@@ -121,9 +99,8 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
 @functools.cache
 def mixture_problem(sizes=SIZES):
     """The 64-d mixture field, its noise sets and the held-out ground truth (rtol 1e-7)."""
-    mixture = bj.GaussianMixture.random(jax.random.key(0), 32, 64, 0.05)
-    u = mixture.velocity(bj.cond_ot())
-    x_train, x_val, x_test = noise_sets((mixture.dim,), sizes)
+    u = mixture_field(64)
+    x_train, x_val, x_test = noise_sets((64,), sizes)
     x1_test = bj.ground_truth(u, x_test, rtol=1e-7, atol=1e-7).x1
     return u, x_train, x_val, x_test, x1_test
 
@@ -143,7 +120,7 @@ def mixture_rows(nfes=NFES, init: str = "unipc", sizes=SIZES, steps=None, bst=Tr
         row["time / Euler"] = time_ratio(family, params, u, x_test)
         if bst and nfe % 2 == 0:
             row["RK2-BST"] = fit(bj.bst(nfe), u, x_train, x_val, x_test, x1_test, data)[0]
-        base = baselines(u, x_test, x1_test, nfe, scheduler)
+        base = baseline_psnrs(u, x_test, x1_test, nfe, scheduler, runs=RUNS)
         row.update(base)
         row["BNS - best dedicated"] = row["BNS"] - max(base[name] for name in (*DEDICATED, *LOGSNR))
         row["BNS - best baseline"] = row["BNS"] - max(base.values())
@@ -204,7 +181,7 @@ def digits_rows(
         x1_test = bj.ground_truth(u, noise[2], args=guided[2], rtol=1e-7, atol=1e-7).x1
         data = {}
         for nfe in nfes:
-            base = baselines(u, noise[2], x1_test, nfe, model.scheduler, guided[2])
+            base = baseline_psnrs(u, noise[2], x1_test, nfe, model.scheduler, guided[2], RUNS)
             for g, sigma0 in settings:
                 if g != guidance:
                     continue

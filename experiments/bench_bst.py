@@ -6,7 +6,7 @@ set, selected on a second and evaluated on a third, held-out one, next to Euler,
 the best baseline solver at the same NFE (PSNR with R = 2); RK2-BST is also trained with the
 direct loss. A second table measures the cached path's interpolation error (``_paths.py``).
 
-Run ``python experiments/bench_bst.py``; the tables are printed and written to
+Run ``python -m experiments.bench_bst``; the tables are printed and written to
 ``runs/bench_bst.md``.
 """
 
@@ -20,37 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 
 import bespoke_jax as bj
-from bespoke_jax import solvers
-from bespoke_jax.app.report import atomic_write, records_table
+from bespoke_jax.app.report import records_table
+from bespoke_jax.io.files import atomic_write
+from bespoke_jax.training.config import resolve
 from bespoke_jax.truth.paths import hermite
+from experiments._common import baseline_psnrs, mixture_field, noise_sets
 
 ROOT = Path(__file__).resolve().parents[1]
+DIM = 64
 NFES = (4, 6, 8, 10, 12, 16)
 DIRECT_NFES = (4, 8, 16)
-
-
-def mixture_field():
-    """The benchmark's velocity field: the 64-d, 32-component, std 0.05 mixture under CondOT."""
-    mixture = bj.GaussianMixture.random(jax.random.key(0), 32, 64, 0.05)
-    return mixture.velocity(bj.cond_ot()), mixture.dim
-
-
-def noise_sets(dim: int, sizes=(520, 512, 1024), seed: int = 1):
-    """Independent training, validation and held-out test noise, ``(n, dim)`` each."""
-    keys = jax.random.split(jax.random.key(seed), len(sizes))
-    return [jax.random.normal(key, (n, dim)) for key, n in zip(keys, sizes, strict=True)]
-
-
-def baselines(u, x0, x1, nfe: int) -> dict:
-    """PSNR of every baseline solver that can spend ``nfe`` exactly, by name."""
-    out = {}
-    for name, solver in solvers.SOLVERS.items():
-        try:
-            solvers.steps_for(name, nfe)
-        except ValueError:
-            continue
-        out[name] = float(bj.psnr(solver(u, x0, nfe=nfe, scheduler=bj.cond_ot()), x1))
-    return out
 
 
 def psnr_rows(nfes=NFES, direct_nfes=DIRECT_NFES, sizes=(520, 512, 1024), steps=None) -> list:
@@ -59,23 +38,24 @@ def psnr_rows(nfes=NFES, direct_nfes=DIRECT_NFES, sizes=(520, 512, 1024), steps=
     Each row holds the held-out PSNR of the baselines and of each trained family, and under
     ``"cost"`` the ``(family, training wall seconds, TrainResult.model_calls)`` of each.
     """
-    u, dim = mixture_field()
-    x_train, x_val, x_test = noise_sets(dim, sizes)
+    u = mixture_field(DIM)
+    x_train, x_val, x_test = noise_sets((DIM,), sizes)
     save_ts = bj.bst(4).save_ts
     train_data = bj.make_training_data(u, x_train, save_ts=save_ts)
     val_data = bj.make_training_data(u, x_val)
     test = bj.make_training_data(u, x_test)
 
     def fit(family):
+        config = resolve(family, len(x_train), steps=steps)
         start = time.perf_counter()
         result = bj.train(
             family,
             u,
             x_train,
             x_val,
-            steps=steps or family.default_steps,
-            batch_size=family.default_batch_size,
-            learning_rate=family.default_learning_rate(steps),
+            steps=config.steps,
+            batch_size=config.batch_size,
+            optimizer=config.optimizer,
             train_data=train_data,
             val_data=val_data,
             progress=False,
@@ -86,7 +66,7 @@ def psnr_rows(nfes=NFES, direct_nfes=DIRECT_NFES, sizes=(520, 512, 1024), steps=
 
     rows = []
     for nfe in nfes:
-        base = baselines(u, test.x0, test.x1, nfe)
+        base = baseline_psnrs(u, test.x0, test.x1, nfe, bj.cond_ot())
         best = max(base, key=base.get)
         row = {
             "NFE": nfe,
@@ -120,8 +100,8 @@ def interpolation_rows(
     solves at rtol = atol = 1e-7. One row per (S, p): relative RMS error over everything and
     the worst per-sample RMS error.
     """
-    u, dim = mixture_field()
-    x0 = jax.random.normal(jax.random.key(2), (num_samples, dim))
+    u = mixture_field(DIM)
+    x0 = jax.random.normal(jax.random.key(2), (num_samples, DIM))
     query = np.sort(np.asarray(jax.random.uniform(jax.random.key(3), (num_queries,))))
     exact = bj.ground_truth(u, x0, save_ts=query, rtol=1e-7, atol=1e-7).xs
     exact = jnp.swapaxes(exact, 0, 1)

@@ -20,7 +20,7 @@
    on the 64-d mixture and the shipped ``digits`` model, as a fraction of that model's own
    training forwards (``bj.pretrained("digits").training_cost``). The paper spent 9.7M.
 
-Run ``python experiments/bench_costs.py`` (``--quick`` for a shrunken smoke run); the tables are
+Run ``python -m experiments.bench_costs`` (``--quick`` for a shrunken smoke run); the tables are
 printed and written to ``runs/bench_costs.md``.
 """
 
@@ -34,21 +34,19 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import bespoke_jax as bj
-from bespoke_jax.app.report import atomic_write, records_table
+from bespoke_jax.app.report import records_table
+from bespoke_jax.io.files import atomic_write
+from bespoke_jax.training.config import resolve
+from bespoke_jax.training.steps import make_update_step
+from experiments._common import mixture_field
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = (64, 256, 1024, 3072, 12288)
 NFES = (4, 8, 12, 16, 20)
 PAPER_FORWARDS = 9.7e6
 FORWARD_BUDGET = 1e6
-
-
-def mixture_field(dim: int):
-    """The CondOT velocity of ``GaussianMixture.random(key(0), 32, dim, 0.05)``."""
-    return bj.GaussianMixture.random(jax.random.key(0), 32, dim, 0.05).velocity(bj.cond_ot())
 
 
 def noise(seed: int, n: int, dim: int) -> jax.Array:
@@ -115,26 +113,30 @@ def ground_truth_rows(problems, repeats: int = 9) -> list[dict]:
     return rows
 
 
+def _update_step(family, u, batch: int, remat: bool):
+    """The engine's training step (``make_update_step``, Adam at 1e-3) on one device, over a
+    training set of ``batch`` rows, and its first inputs."""
+    optimizer = resolve(family, batch, batch_size=batch, learning_rate=1e-3).optimizer
+    update = make_update_step(
+        family, u, optimizer, bj.data_mesh(jax.devices()[:1]), num_train=batch,
+        batch_size=batch, remat=remat,
+    )  # fmt: skip
+    params = family.init()
+    return update, (params, optimizer.init(params), jax.random.key_data(jax.random.key(0)))
+
+
 def step_time(family, u, dim: int, batch: int = 40, remat: bool = False, budget_s: float = 2.0):
-    """Seconds per training step (loss gradient and Adam update) on a batch of pairs, averaged
-    over as many steps (2 to 20) as fit in about ``budget_s``."""
+    """Seconds per training step (minibatch draw, loss gradient and Adam update) on a batch of
+    pairs, averaged over as many steps (2 to 20) as fit in about ``budget_s``."""
     x0 = noise(3, batch, dim)
     data = bj.TrainingData(x0, x0)  # the step's cost does not depend on the targets' values
-    field = jax.checkpoint(u) if remat else u
-    optimizer = optax.adam(1e-3)
-
-    @jax.jit
-    def update(params, opt_state):
-        grads = jax.grad(family.loss)(params, field, data)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    state = update(family.init(), optimizer.init(family.init()))
+    update, state = _update_step(family, u, batch, remat)
+    state = update(*state, data, None)[:3]
     jax.block_until_ready(state)
-    repeats = int(np.clip(budget_s / _seconds(update, *state), 2, 20))
+    repeats = int(np.clip(budget_s / _seconds(update, *state, data, None), 2, 20))
     start = time.perf_counter()
     for _ in range(repeats):
-        state = update(*state)
+        state = update(*state, data, None)[:3]
     jax.block_until_ready(state)
     return (time.perf_counter() - start) / repeats
 
@@ -150,14 +152,10 @@ def training_rows(dims=DIMS, nfes=NFES) -> list[dict]:
 
 
 def temp_bytes(family, u, dim: int, batch: int = 40, remat: bool = False) -> int:
-    """XLA's temporary bytes for the gradient of ``family.loss`` (compiled, not run)."""
-    field = jax.checkpoint(u) if remat else u
+    """XLA's temporary bytes of the training step (compiled, not run)."""
+    update, state = _update_step(family, u, batch, remat)
     x0 = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
-
-    def grad(params, x0, x1):
-        return jax.grad(family.loss)(params, field, bj.TrainingData(x0, x1))
-
-    compiled = jax.jit(grad).lower(family.init(), x0, x0).compile()
+    compiled = update.lower(*state, bj.TrainingData(x0, x0), None).compile()
     return int(compiled.memory_analysis().temp_size_in_bytes)
 
 

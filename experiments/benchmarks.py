@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jax
 
-from bespoke_jax.app.report import atomic_write
+from bespoke_jax.io.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("bench_baselines", "bench_bst", "bench_bns", "bench_costs")

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -62,6 +63,29 @@ def test_family_registry_rebuilds_every_family():
         assert bj.family_from_config({"name": family.name, **family.config()}) == family
     with pytest.raises(ValueError, match="Unknown solver family 'dpm'"):
         bj.family_from_config({"name": "dpm", "nfe": 4})
+
+
+# Family records as solver.json files of version 0.1.0 wrote them (the base solver was "base"
+# for BST and "init" for BNS), by the saved solver whose record each replaces.
+OLD_RECORDS = {
+    "bst-rk1": {
+        "name": "bst", "nfe": 3, "base": "rk1", "l_tau": 1.0, "loss_kind": "bound",
+        "path_points": 65,
+    },
+    "bns-preconditioned": {
+        "name": "bns", "nfe": 4, "init": "ddim", "sigma0": 2.0, "scheduler": {"name": "cond_ot"},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", OLD_RECORDS)
+def test_solvers_saved_with_the_old_keys_load(saved, tmp_path, name):
+    path = _copy(saved, name, tmp_path)
+    meta = json.loads((path / "solver.json").read_text())
+    (path / "solver.json").write_text(json.dumps({**meta, "family": OLD_RECORDS[name]}))
+    family, params, _ = bj.load_solver(path, FAMILIES[name])
+    assert family == FAMILIES[name]
+    chex.assert_trees_all_equal(params, saved[name][2])
 
 
 def test_save_replaces_and_leaves_no_temporary(tmp_path):

@@ -127,9 +127,11 @@ def fit_flow(
     def step(carry, key):
         params, ema, opt_state, n = carry
         loss, grads = jax.value_and_grad(loss_fn)(params, key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        decay = jnp.minimum(config.ema_decay, (1.0 + n) / (10.0 + n))
+        with jax.numpy_dtype_promotion("standard"):  # Optax mixes int step counts and floats
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        steps_done = n.astype(jnp.float32)
+        decay = jnp.minimum(config.ema_decay, (1.0 + steps_done) / (10.0 + steps_done))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         return (params, ema, opt_state, n + 1), loss
 

@@ -9,13 +9,25 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def check_batch(x, args, name: str = "x0") -> None:
-    """``x`` is a batch ``(B, *shape)`` of finite floats; per-sample ``args`` leaves match B."""
+def require_scheduler(what: str, scheduler) -> None:
+    """``ValueError`` naming the ``scheduler`` argument that ``what`` needs, when it is missing."""
+    if scheduler is None:
+        raise ValueError(f"{what} needs the model's `scheduler` argument (e.g. bj.cond_ot()).")
+
+
+def check_batch_shape(x, name: str = "x0", owner: str | None = None) -> None:
+    """``x`` (the argument ``name`` of ``owner``) has a batch axis: shape ``(B, *shape)``."""
     if np.ndim(x) < 2:
+        prefix = "" if owner is None else f"{owner}: "
         raise ValueError(
-            f"{name} must be a batch of shape (B, *sample_shape), got shape {np.shape(x)}; "
-            f"add a leading batch axis (x[None]) for a single sample."
+            f"{prefix}{name} must be a batch of shape (B, *sample_shape), got shape "
+            f"{np.shape(x)}; add a leading batch axis ({name}[None]) for a single sample."
         )
+
+
+def check_batch(x, args, name: str = "x0") -> None:
+    """``x`` is a batch ``(B, *shape)`` of finite floats."""
+    check_batch_shape(x, name)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
     if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):

@@ -5,16 +5,17 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def _per_sample_mse(x, y):
+def per_sample_mse(x, y):
+    """``(B,)`` ``mean_d (x_b - y_b)^2`` for batches ``x, y`` of shape ``(B, *shape)``."""
     diff = jnp.reshape(x - y, (x.shape[0], -1))
     return jnp.mean(jnp.square(diff), axis=-1)
 
 
 def rmse(x, y):
     """``mean_b sqrt(mean_d (x_b - y_b)^2)`` for batches ``x, y`` of shape ``(B, *shape)``."""
-    return jnp.mean(jnp.sqrt(_per_sample_mse(x, y)))
+    return jnp.mean(jnp.sqrt(per_sample_mse(x, y)))
 
 
 def psnr(x, y, data_range: float = 2.0):
     """``mean_b 10 log10(R^2 / mean_d (x_b - y_b)^2)``; R = ``data_range`` (2 for [-1, 1] data)."""
-    return jnp.mean(10.0 * jnp.log10(data_range**2 / _per_sample_mse(x, y)))
+    return jnp.mean(10.0 * jnp.log10(data_range**2 / per_sample_mse(x, y)))

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from bespoke_jax.core.metrics import per_sample_mse
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.core.transforms import precondition
 from bespoke_jax.solvers.ns_coefficients import NSCoefficients, ns_coefficients
@@ -41,7 +42,7 @@ class BNS:
 
     Attributes:
       nfe: model calls per sample (the number of steps n).
-      source: the baseline of ``init()``.
+      source: the baseline of ``init()`` (``bns(init=...)``).
       sigma0: the preconditioning scale (1: none).
       scheduler: the model's scheduler (for exponential sources, edm and ``sigma0 != 1``).
       default_steps, default_batch_size: training defaults for ``bj.train``, with
@@ -58,6 +59,9 @@ class BNS:
     initial: NSCoefficients = dataclasses.field(init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "bns"
+    label: ClassVar[str] = "BNS"
+    optimizer_name: ClassVar[str] = "Prodigy"
+    renamed_keys: ClassVar[dict[str, str]] = {"init": "source"}
 
     def __post_init__(self):
         init = ns_coefficients(self.source, self.nfe, scheduler=self.scheduler, sigma0=self.sigma0)
@@ -79,14 +83,19 @@ class BNS:
         n = self.nfe
         return {"grid": jnp.zeros(n + 1), "a": jnp.zeros(n + 1), "b": jnp.zeros((n, n))}
 
-    def default_optimizer(self, steps: int | None = None) -> optax.GradientTransformation:
-        """Prodigy (Adam whose step size is estimated from the distance travelled from the init)
-        with a 5% warm-up and cosine decay to 0 over ``steps``.
+    def default_optimizer(
+        self, steps: int | None = None, learning_rate: float | optax.Schedule | None = None
+    ) -> optax.GradientTransformation:
+        """Adam at ``learning_rate`` when given; else Prodigy (Adam whose step size is estimated
+        from the distance travelled from the init) with a 5% warm-up and cosine decay to 0 over
+        ``steps``.
 
         The distance from the source solver to the optimum differs by orders of magnitude between
         models (a closed-form mixture and a guided network), so no fixed Adam learning rate suits
         both; Prodigy matched the best tuned Adam rate on the mixture and beat it on digits.
         """
+        if learning_rate is not None:
+            return optax.adam(learning_rate)
         steps = self.default_steps if steps is None else steps
         schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, steps // 20, steps, 0.0)
         return optax.contrib.prodigy(schedule, safeguard_warmup=True)
@@ -103,8 +112,9 @@ class BNS:
         peak = 8e-3 * (4.0 / self.nfe) ** 2
         return optax.warmup_cosine_decay_schedule(0.0, peak, steps // 20, steps, 0.0)
 
-    def solver(self, params) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The NS coefficients ``(ts (n,), a (n + 1,), b (n, n))`` of ``params``."""
+    def coefficients(self, params) -> dict:
+        """The NS coefficients of ``params``: ``{"grid": ts (n,), "a": (n + 1,), "b": (n, n)}``
+        (``ts`` the solver times r, ``b`` lower triangular)."""
         n = self.nfe
         init = self.initial
         dtype = jnp.result_type(float)
@@ -118,7 +128,23 @@ class BNS:
         a = jnp.asarray(init.a, dtype) + h * params["a"]
         mask = np.tril(np.ones((n, n)))
         b = jnp.asarray(init.b, dtype) + h * mask * params["b"]
-        return ts, a, b
+        return {"grid": ts, "a": a, "b": b}
+
+    def export(self, params) -> dict:
+        """The coefficients as plain lists for ``export_solver``: ``"grid", "a", "b"``,
+        ``"sigma0"``, ``"s_start"``, ``"s_end"`` (it runs ``x_0 = a_0 s_start x0``,
+        ``x_{i+1} = a_{i+1} s_start x0 + sum_{j<=i} b_ij u_j`` on the field preconditioned by
+        sigma0 and returns ``x_n / s_end``) and ``"times"``, the ``n + 1`` model times."""
+        c = {k: np.asarray(v, dtype=np.float64) for k, v in self.coefficients(params).items()}
+        times = np.append(c["grid"], 1.0)
+        s_start = s_end = 1.0
+        _, transform = self._field(lambda t, x, args: x)
+        if transform is not None:
+            times = np.asarray(transform.t(times), dtype=np.float64)
+            s_start, s_end = float(transform.s(0.0)), float(transform.s(1.0))
+        record = {k: v.tolist() for k, v in c.items()}
+        record.update(sigma0=self.sigma0, s_start=s_start, s_end=s_end, times=times.tolist())
+        return record
 
     def _field(self, u: Callable):
         """The field the solver integrates and the preconditioning transform (``None``: none)."""
@@ -133,7 +159,8 @@ class BNS:
         computed) rides in the ``lax.scan`` carry, so ``x_{i+1} = [a_{i+1}, b_i] @ buffer`` is
         one matrix-vector product.
         """
-        ts, a, b = self.solver(params)
+        c = self.coefficients(params)
+        ts, a, b = c["grid"], c["a"], c["b"]
         field, transform = self._field(u)
         start = x0 if transform is None else transform.s(0.0) * x0
         weights = jnp.concatenate([a[1:, None], b], axis=1)
@@ -154,13 +181,17 @@ class BNS:
     def loss(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
         """``E log ||x_n - x(1)||^2`` (RMS norm; BNS eq. 13 without its sign): minimise it."""
         x1 = self.sample(params, u, batch.x0, args)
-        err = jnp.reshape(x1 - batch.x1, (x1.shape[0], -1))
-        return jnp.mean(jnp.log(jnp.mean(jnp.square(err), axis=-1)))
+        return jnp.mean(jnp.log(per_sample_mse(x1, batch.x1)))
 
     def config(self) -> dict:
-        """The arguments of ``bns`` (the scheduler as its config)."""
+        """The fields of ``BNS`` (``source`` is ``bns``'s ``init``; the scheduler as its config)."""
         scheduler = None if self.scheduler is None else self.scheduler.to_config()
-        return {"nfe": self.nfe, "init": self.source, "sigma0": self.sigma0, "scheduler": scheduler}
+        return {
+            "nfe": self.nfe,
+            "source": self.source,
+            "sigma0": self.sigma0,
+            "scheduler": scheduler,
+        }
 
 
 def bns(nfe: int, *, init: str = "midpoint", sigma0: float = 1.0, scheduler=None) -> BNS:

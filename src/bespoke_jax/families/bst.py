@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bespoke_jax.core.metrics import rmse
+from bespoke_jax.core.metrics import per_sample_mse, rmse
 from bespoke_jax.core.transforms import ScaleTime
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.paths import NUM_POINTS, hermite, save_times
@@ -58,7 +58,8 @@ class BST:
 
     Attributes:
       nfe: model calls per sample: ``n`` (RK1) or ``2n`` (RK2) for ``n`` steps.
-      base: ``"rk1"`` (Euler) or ``"rk2"`` (midpoint).
+      source: the base Runge-Kutta method, ``"rk1"`` (Euler) or ``"rk2"`` (midpoint)
+        (``bst(base=...)``).
       l_tau: ``L_tau``, the Lipschitz constant the bound assumes for the model's field.
       loss_kind: ``"bound"`` (RMSE upper bound on the cached path) or ``"direct"`` (the RMSE of
         the sample against the ground truth, through all ``n`` steps).
@@ -68,7 +69,7 @@ class BST:
     """
 
     nfe: int
-    base: str = "rk2"
+    source: str = "rk2"
     l_tau: float = 1.0
     loss_kind: str = "bound"
     path_points: int = NUM_POINTS
@@ -76,13 +77,15 @@ class BST:
     default_batch_size: int = 40
 
     name: ClassVar[str] = "bst"
+    optimizer_name: ClassVar[str] = "Adam"
+    renamed_keys: ClassVar[dict[str, str]] = {"base": "source"}
 
     def __post_init__(self):
-        if self.base not in BASES:
-            raise ValueError(f"Unknown base {self.base!r}; valid bases: {BASES}.")
+        if self.source not in BASES:
+            raise ValueError(f"Unknown base {self.source!r}; valid bases: {BASES}.")
         if not isinstance(self.nfe, int | np.integer) or self.nfe < 1:
             raise ValueError(f"nfe must be a positive integer, got {self.nfe!r}.")
-        if self.nfe % _STAGES[self.base]:
+        if self.nfe % _STAGES[self.source]:
             near = " or ".join(str(v) for v in (self.nfe - 1, self.nfe + 1) if v >= 2)
             raise ValueError(
                 f"RK2-BST spends 2 NFE per step, so nfe must be even (2, 4, 6, 8, ...); got "
@@ -96,9 +99,14 @@ class BST:
             raise ValueError(f"path_points must be an integer >= 2, got {self.path_points!r}.")
 
     @property
+    def label(self) -> str:
+        """``"RK1-BST"`` or ``"RK2-BST"``."""
+        return f"{self.source.upper()}-BST"
+
+    @property
     def num_steps(self) -> int:
         """``n``, the number of base RK steps."""
-        return self.nfe // _STAGES[self.base]
+        return self.nfe // _STAGES[self.source]
 
     @property
     def num_params(self) -> int:
@@ -119,6 +127,13 @@ class BST:
         """Adam's learning rate: a short warm-up, then cosine decay to 0 over ``steps``."""
         steps = self.default_steps if steps is None else steps
         return optax.warmup_cosine_decay_schedule(0.0, 1e-2, steps // 20, steps, 0.0)
+
+    def default_optimizer(
+        self, steps: int | None = None, learning_rate: float | optax.Schedule | None = None
+    ) -> optax.GradientTransformation:
+        """Adam at ``learning_rate``, default ``default_learning_rate(steps)``."""
+        rate = self.default_learning_rate(steps) if learning_rate is None else learning_rate
+        return optax.adam(rate)
 
     def coefficients(self, params) -> dict:
         """The decoded transform on the grid ``r_j = j / m``.
@@ -161,7 +176,7 @@ class BST:
         """Step ``i`` (0-based) from ``x (B, *shape)`` on the decoded coefficients ``c``."""
         h = 1.0 / self.num_steps
         t, dt, s, ds = c["t"], c["dt"], c["s"], c["ds"]
-        if self.base == "rk1":
+        if self.source == "rk1":
             v = u(t[i], x, args)
             return ((s[i] + h * ds[i]) / s[i + 1]) * x + (h * dt[i] * s[i] / s[i + 1]) * v
         j, mid, end = 2 * i, 2 * i + 1, 2 * i + 2
@@ -191,7 +206,7 @@ class BST:
         h = 1.0 / self.num_steps
         s = c["s"]
         lbar = jnp.abs(c["ds"]) / s[:-1] + c["dt"] * self.l_tau
-        if self.base == "rk1":
+        if self.source == "rk1":
             return (s[:-1] / s[1:]) * (1.0 + h * lbar)
         return (s[:-2:2] / s[2::2]) * (1.0 + h * lbar[1::2] * (1.0 + 0.5 * h * lbar[::2]))
 
@@ -207,15 +222,14 @@ class BST:
                 "make_training_data(..., save_ts=family.save_ts)."
             )
         c = self.coefficients(params)
-        t = c["t"][:: _STAGES[self.base]]
+        t = c["t"][:: _STAGES[self.source]]
         fixed = lax.stop_gradient(t)
         x, v = hermite(batch.path_ts, batch.path_xs, batch.path_us, fixed)
         x = x + v * jnp.reshape(t - fixed, (-1,) + (1,) * (x.ndim - 1))
         steps = jax.vmap(lambda i, xi: self._step(c, i, xi, u, args))(
             jnp.arange(self.num_steps), x[:-1]
         )
-        diff = jnp.reshape(x[1:] - steps, (self.num_steps, x.shape[1], -1))
-        return jnp.sqrt(jnp.mean(jnp.square(diff), axis=-1))
+        return jnp.sqrt(jax.vmap(per_sample_mse)(x[1:], steps))
 
     def bound(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
         """``(B,)`` RMSE upper bounds ``sum_i M_i d_i``, ``M_i = prod_{j > i} L_j`` (eqs. 25-26)."""
@@ -229,11 +243,18 @@ class BST:
             return jnp.mean(self.bound(params, u, batch, args))
         return rmse(self.sample(params, u, batch.x0, args), batch.x1)
 
+    def export(self, params) -> dict:
+        """The decoded coefficients as plain lists for ``export_solver``: the transform on the
+        grid, ``"r", "t", "s"`` (``m + 1``) and ``"dt", "ds"`` (``m``), and ``"times"`` (the
+        model times ``t_j``)."""
+        c = {k: np.asarray(v, np.float64).tolist() for k, v in self.coefficients(params).items()}
+        return {**c, "times": c["t"]}
+
     def config(self) -> dict:
-        """The arguments of ``bst``."""
+        """The fields of ``BST`` (``source`` is ``bst``'s ``base``)."""
         return {
             "nfe": int(self.nfe),
-            "base": self.base,
+            "source": self.source,
             "l_tau": self.l_tau,
             "loss_kind": self.loss_kind,
             "path_points": self.path_points,

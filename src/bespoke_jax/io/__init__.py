@@ -1,1 +1,2 @@
-"""Files: solver storage and export, the ground-truth cache, training checkpoints."""
+"""Files: atomic writes and content hashes (files), solver storage and export, the ground-truth
+cache, training checkpoints."""

@@ -21,11 +21,8 @@ are written atomically (a temporary file, then ``os.replace``); with several pro
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from bespoke_jax.core.args import take
+from bespoke_jax.io.files import array_hash, atomic_write, sha256, tree_hash
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.sharded import CHUNK_SIZE, sharded_training_data
 
@@ -43,25 +41,6 @@ FORMAT_VERSION = 1
 PROBE_TIMES = (0.25, 0.5, 0.75)
 PROBE_RTOL = 1e-3
 _ARRAYS = ("x1", "path_ts", "path_xs", "path_us")
-
-
-def _sha256(*parts: bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
-    return digest.hexdigest()
-
-
-def array_hash(x) -> str:
-    """sha256 of an array's dtype, shape and bytes."""
-    x = np.ascontiguousarray(np.asarray(x))
-    return _sha256(str(x.dtype).encode(), str(x.shape).encode(), x.tobytes())
-
-
-def tree_hash(tree) -> str:
-    """sha256 of a pytree's structure and of every leaf (``array_hash``)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return _sha256(str(treedef).encode(), *(array_hash(leaf).encode() for leaf in leaves))
 
 
 def probe(u: Callable, x0, args=None) -> np.ndarray:
@@ -104,8 +83,8 @@ def _name(request: dict) -> str:
     """``gt-<everything but the save times>-<save times or "pairs">.npz``."""
     base = {k: v for k, v in request.items() if k != "save_ts"}
     ts = request["save_ts"]
-    tail = "pairs" if ts is None else _sha256(json.dumps(ts).encode())[:16]
-    return f"gt-{_sha256(json.dumps(base, sort_keys=True).encode())[:32]}-{tail}.npz"
+    tail = "pairs" if ts is None else sha256(json.dumps(ts).encode())[:16]
+    return f"gt-{sha256(json.dumps(base, sort_keys=True).encode())[:32]}-{tail}.npz"
 
 
 def _write(path: Path, data: TrainingData, request: dict, probe_outputs: np.ndarray) -> None:
@@ -118,15 +97,7 @@ def _write(path: Path, data: TrainingData, request: dict, probe_outputs: np.ndar
     }
     buffer = io.BytesIO()
     np.savez(buffer, header=np.asarray(json.dumps(header)), **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buffer.getvalue())
 
 
 def _read(path: Path, x0, request: dict, probe_outputs: np.ndarray) -> TrainingData:

@@ -14,7 +14,6 @@ learned time grid in the diffusers conventions when a scheduler is known (see it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,9 +26,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bespoke_jax.core.schedulers import Scheduler, scheduler_from_config
-from bespoke_jax.core.transforms import precondition
 from bespoke_jax.families.base import Family, Params
 from bespoke_jax.families.registry import family_from_config
+from bespoke_jax.io.files import atomic_write, params_sha256
 
 FORMAT = "bespoke_jax.solver"
 EXPORT_FORMAT = "bespoke_jax.solver_export"
@@ -52,21 +51,6 @@ def _package_version() -> str:
     from bespoke_jax import __version__
 
     return __version__
-
-
-def _leaves(params: Params) -> list[tuple[str, np.ndarray]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    return [(jax.tree_util.keystr(path), np.asarray(leaf)) for path, leaf in flat]
-
-
-def params_sha256(params: Params) -> str:
-    """sha256 of every leaf's path, dtype, shape and bytes, in pytree order."""
-    digest = hashlib.sha256()
-    for name, leaf in _leaves(params):
-        leaf = np.ascontiguousarray(leaf)
-        digest.update(f"{name}:{leaf.dtype}:{leaf.shape}".encode())
-        digest.update(leaf.tobytes())
-    return digest.hexdigest()
 
 
 def _shapes(params: Params) -> dict:
@@ -225,12 +209,12 @@ def export_solver(
     """Write a solver's decoded coefficients as plain JSON.
 
     Every export has ``"times"``, the ``nfe + 1`` model times: where the field is evaluated,
-    then 1. BST adds its transform on the uniform grid ``r_j = j / nfe``: ``"r", "t", "s"``
-    (``nfe + 1``) and ``"dt", "ds"`` (``t'``, ``s'``, ``nfe``). BNS adds ``"grid"`` (the ``nfe``
-    solver times r), ``"a"`` (``nfe + 1``), ``"b"`` (``nfe x nfe``, lower triangular) and
-    ``"sigma0"``, ``"s_start"``, ``"s_end"``: it runs ``x_0 = a_0 s_start x0``,
-    ``x_{i+1} = a_{i+1} s_start x0 + sum_{j<=i} b_ij u_j`` on the field preconditioned by sigma0
-    (the plain field for sigma0 = 1) and returns ``x_n / s_end``.
+    then 1, and the family's coefficients (``family.export``): BST its transform on the uniform
+    grid ``r_j = j / nfe``: ``"r", "t", "s"`` (``nfe + 1``) and ``"dt", "ds"`` (``t'``, ``s'``,
+    ``nfe``). BNS ``"grid"`` (the ``nfe`` solver times r), ``"a"`` (``nfe + 1``), ``"b"``
+    (``nfe x nfe``, lower triangular) and ``"sigma0"``, ``"s_start"``, ``"s_end"``: it runs
+    ``x_0 = a_0 s_start x0``, ``x_{i+1} = a_{i+1} s_start x0 + sum_{j<=i} b_ij u_j`` on the field
+    preconditioned by sigma0 (the plain field for sigma0 = 1) and returns ``x_n / s_end``.
 
     With a scheduler (``scheduler``, else the family's, else ``metadata["scheduler"]``) it adds,
     at ``"times"``: ``"alpha"``, ``"sigma"``; ``"sigmas"`` = sigma_t / alpha_t, the noise levels
@@ -249,24 +233,8 @@ def export_solver(
         "family": _family_record(family),
         "nfe": int(family.nfe),
     }
-    if family.name == "bst":
-        c = {k: np.asarray(v, dtype=np.float64) for k, v in family.coefficients(params).items()}
-        times = c["t"]
-        record.update({k: c[k].tolist() for k in ("r", "t", "dt", "s", "ds")})
-    elif family.name == "bns":
-        grid, a, b = (np.asarray(v, dtype=np.float64) for v in family.solver(params))
-        r = np.append(grid, 1.0)
-        s_start = s_end = 1.0
-        times = r
-        if family.sigma0 != 1.0:
-            _, transform = precondition(lambda t, x, args: x, family.scheduler, family.sigma0)
-            times = np.asarray(transform.t(r), dtype=np.float64)
-            s_start, s_end = float(transform.s(0.0)), float(transform.s(1.0))
-        record.update(grid=grid.tolist(), a=a.tolist(), b=b.tolist(), sigma0=family.sigma0)
-        record.update(s_start=s_start, s_end=s_end)
-    else:
-        raise ValueError(f"export_solver knows the families bst and bns, not {family.name!r}.")
-    record["times"] = times.tolist()
+    record.update(family.export(params))
+    times = np.asarray(record["times"], dtype=np.float64)
     metadata = dict(metadata or {})
     if scheduler is None:
         scheduler = getattr(family, "scheduler", None)
@@ -287,14 +255,4 @@ def export_solver(
             timesteps=(1000.0 * (1.0 - times)).tolist(),
         )
     record["metadata"] = metadata
-    text = _dumps(record, "metadata")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, _dumps(record, "metadata"))

@@ -64,29 +64,37 @@ class GaussianMixture(eqx.Module):
 
     def _posterior(self, scheduler: Scheduler, t, x):
         """Responsibilities ``pi (B, K)``, residuals ``x - alpha mu (B, K, d)`` and ``v (K,)``."""
+        means, stds, weights = self._params(x.dtype)
         a, s = scheduler.alpha(t), scheduler.sigma(t)
-        var = a**2 * self.stds**2 + s**2
-        resid = x[:, None, :] - a * self.means[None]
-        log_w = jnp.log(self.weights / jnp.sum(self.weights))
+        var = a**2 * stds**2 + s**2
+        resid = x[:, None, :] - a * means[None]
+        log_w = jnp.log(weights / jnp.sum(weights))
         sq = jnp.sum(jnp.square(resid), axis=-1)
         logits = log_w - 0.5 * sq / var - 0.5 * self.dim * jnp.log(var)
         return jax.nn.softmax(logits, axis=-1), resid, var
 
-    def _flat(self, x):
+    def _params(self, dtype):
+        """``(means, stds, weights)`` in the samples' dtype."""
+        return tuple(jnp.asarray(p, dtype) for p in (self.means, self.stds, self.weights))
+
+    def _flat(self, t, x):
+        """``t`` and ``x`` as ``(B, d)`` in ``x``'s dtype: the field computes in the samples'
+        precision whatever the time's."""
         if x.shape[-1] != self.dim and x.reshape(x.shape[0], -1).shape[1] != self.dim:
             raise ValueError(f"Samples must have {self.dim} features, got shape {x.shape}.")
-        return x.reshape(x.shape[0], self.dim)
+        return jnp.asarray(t, x.dtype), x.reshape(x.shape[0], self.dim)
 
     def velocity(self, scheduler: Scheduler):
         """The exact marginal velocity field ``u(t, x, args)``, ``x`` of shape ``(B, d)``."""
 
         def u(t, x, args=None):
-            flat = self._flat(x)
+            t, flat = self._flat(t, x)
+            means, stds, _ = self._params(flat.dtype)
             pi, resid, var = self._posterior(scheduler, t, flat)
             a, s = scheduler.alpha(t), scheduler.sigma(t)
             da, ds = scheduler.d_alpha(t), scheduler.d_sigma(t)
-            dvar = 2.0 * a * da * self.stds**2 + 2.0 * s * ds
-            comp = da * self.means[None] + (dvar / (2.0 * var))[None, :, None] * resid
+            dvar = 2.0 * a * da * stds**2 + 2.0 * s * ds
+            comp = da * means[None] + (dvar / (2.0 * var))[None, :, None] * resid
             return jnp.einsum("bk,bkd->bd", pi, comp).reshape(x.shape)
 
         return u
@@ -101,11 +109,12 @@ class GaussianMixture(eqx.Module):
             )
 
         def f(t, x, args=None):
-            flat = self._flat(x)
+            t, flat = self._flat(t, x)
+            means, stds, _ = self._params(flat.dtype)
             pi, resid, var = self._posterior(scheduler, t, flat)
             a, s = scheduler.alpha(t), scheduler.sigma(t)
             x1 = jnp.einsum(
-                "bk,bkd->bd", pi, self.means[None] + (a * self.stds**2 / var)[None, :, None] * resid
+                "bk,bkd->bd", pi, means[None] + (a * stds**2 / var)[None, :, None] * resid
             )
             x0 = jnp.einsum("bk,bkd->bd", pi, (s / var)[None, :, None] * resid)
             out = {"x1": x1, "eps": x0, "v": a * x0 - s * x1}[prediction]

@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bespoke_jax.core.checks import require_scheduler
 from bespoke_jax.core.schedulers import VE
 from bespoke_jax.core.transforms import scheduler_change
 from bespoke_jax.solvers._generic import solver_grid
 from bespoke_jax.solvers._grids import KARRAS_SIGMA_MAX
-from bespoke_jax.solvers._spec import NFERule, require_scheduler
+from bespoke_jax.solvers._spec import NFERule
 
 HEUN_FINAL_EULER = NFERule(nfe_per_step=2, nfe_saved=1)
 

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bespoke_jax.core.checks import require_scheduler
 from bespoke_jax.core.outputs import data_prediction
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.solvers._generic import ONE_PER_STEP, solver_grid
-from bespoke_jax.solvers._spec import require_scheduler
 
 
 class _Grid:

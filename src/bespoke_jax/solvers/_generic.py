@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bespoke_jax.core.checks import check_batch_shape
 from bespoke_jax.solvers._grids import resolve_grid
 from bespoke_jax.solvers._spec import NFERule
 
@@ -31,11 +32,7 @@ ADAMS_BASHFORTH = (
 
 def solver_grid(name, rule, x0, nfe, grid, scheduler, default="uniform"):
     """The ``(steps + 1,)`` grid in ``x0``'s dtype for a solver that spends ``nfe`` by ``rule``."""
-    if jnp.ndim(x0) < 2:
-        raise ValueError(
-            f"{name}: x0 must be a batch of shape (B, *sample_shape), got shape {jnp.shape(x0)}; "
-            f"add a leading batch axis (x0[None]) for a single sample."
-        )
+    check_batch_shape(x0, "x0", owner=name)
     steps = rule.steps(nfe, name)
     return resolve_grid(grid, steps, scheduler, default).astype(jnp.result_type(x0))
 

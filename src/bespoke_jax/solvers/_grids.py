@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bespoke_jax.core.checks import require_scheduler
 from bespoke_jax.core.schedulers import Scheduler
 
 GRIDS = ("uniform", "logsnr", "edm")
@@ -41,11 +42,6 @@ def karras_sigmas(num_sigmas: int, sigma_min=KARRAS_SIGMA_MIN, sigma_max=KARRAS_
     return (hi + ramp * (lo - hi)) ** KARRAS_RHO
 
 
-def _need_scheduler(kind, scheduler):
-    if scheduler is None:
-        raise ValueError(f"grid={kind!r} needs the model's `scheduler` (e.g. bj.cond_ot()).")
-
-
 def make_grid(kind: str, num_steps: int, scheduler: Scheduler | None = None) -> jax.Array:
     """A named time grid (see the module docstring).
 
@@ -62,12 +58,12 @@ def make_grid(kind: str, num_steps: int, scheduler: Scheduler | None = None) -> 
     if kind == "uniform":
         return jnp.linspace(0.0, 1.0, num_steps + 1)
     if kind == "logsnr":
-        _need_scheduler(kind, scheduler)
+        require_scheduler(f"grid={kind!r}", scheduler)
         ends = jnp.array([LOGSNR_EPS, 1.0 - LOGSNR_EPS])
         lam_lo, lam_hi = scheduler.log_snr(ends)
         t = scheduler.snr_inverse(jnp.exp(jnp.linspace(lam_lo, lam_hi, num_steps + 1)))
     elif kind == "edm":
-        _need_scheduler(kind, scheduler)
+        require_scheduler(f"grid={kind!r}", scheduler)
         sigmas = jnp.append(karras_sigmas(num_steps), 0.0)
         t = scheduler.snr_inverse_ratio(jnp.ones_like(sigmas), sigmas)
     else:

@@ -57,9 +57,3 @@ class SolverSpec:
     order: int
     rule: NFERule
     requires_scheduler: bool = False
-
-
-def require_scheduler(name: str, scheduler) -> None:
-    """``ValueError`` naming the ``scheduler`` argument when it is missing."""
-    if scheduler is None:
-        raise ValueError(f"{name} needs the model's `scheduler` argument (e.g. bj.cond_ot()).")

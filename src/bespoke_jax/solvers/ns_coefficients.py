@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bespoke_jax.core.checks import require_scheduler
 from bespoke_jax.core.schedulers import Scaled, Scheduler
 from bespoke_jax.solvers import NAMES, SOLVERS, SPECS, steps_for
 
@@ -45,9 +46,9 @@ def solver_scheduler(name: str, scheduler: Scheduler | None, sigma0: float) -> S
         raise ValueError(f"Unknown solver {name!r}; valid names: {NAMES}.")
     if not 0 < sigma0 < np.inf:
         raise ValueError(f"sigma0 must be positive and finite, got {sigma0}.")
-    if scheduler is None and (SPECS[name].requires_scheduler or sigma0 != 1.0):
+    if SPECS[name].requires_scheduler or sigma0 != 1.0:
         need = f"init={name!r}" if SPECS[name].requires_scheduler else f"sigma0={sigma0}"
-        raise ValueError(f"{need} needs the model's `scheduler` argument (e.g. bj.cond_ot()).")
+        require_scheduler(need, scheduler)
     if sigma0 == 1.0:
         return scheduler
     return Scaled(scheduler, float(sigma0))

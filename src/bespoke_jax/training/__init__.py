@@ -1,1 +1,2 @@
-"""Training a family: the loop and its steps."""
+"""Training a family: settings (config), the update and validation steps (steps), the loop and
+its hooks (loop, hooks), and the ground truth a run needs (data)."""

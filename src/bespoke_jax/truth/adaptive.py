@@ -57,7 +57,14 @@ def _checked(u: Callable) -> Callable:
 @functools.partial(
     jax.jit, static_argnames=("u", "rtol", "atol", "max_steps", "per_sample", "axes")
 )
-def _solve(u, x0, args, save_ts, *, rtol, atol, max_steps, per_sample, axes):
+def solve_batch(u, x0, args, save_ts, *, rtol, atol, max_steps, per_sample, axes):
+    """The jitted Dopri5 solve of a batch, unchecked: ``(x1 (B, *shape), xs (B, S, *shape) or
+    None, steps (B,))``, ``steps`` accepted plus rejected.
+
+    ``per_sample`` vmaps single-sample solves over the batch, with ``axes`` (``BatchAxes``) the
+    vmap axis of each ``args`` leaf; else one solve with a shared step (``axes`` unused). The
+    building block of ``ground_truth`` and of the sharded solve.
+    """
     field = _checked(u)
 
     def solve(x, a):
@@ -131,9 +138,9 @@ def ground_truth(
     check_batch(x0, args, "x0")
     if save_ts is not None:
         save_ts = jnp.asarray(check_save_ts(save_ts, x0.dtype))
-    axes_static = _Axes(args, x0.shape[0]) if per_sample else None
+    axes_static = BatchAxes(args, x0.shape[0]) if per_sample else None
     try:
-        x1, xs, steps = _solve(
+        x1, xs, steps = solve_batch(
             u,
             x0,
             args,
@@ -169,8 +176,9 @@ def named_failure(err: Exception, u, x0, args, *, rtol, atol, max_steps) -> Exce
     return err
 
 
-class _Axes:
-    """The vmap axis (0 or None) of each leaf of ``args``, hashable for a static jit argument."""
+class BatchAxes:
+    """The vmap axis (0 or None) of each leaf of ``args`` (``batch_axes``), hashable for a static
+    jit argument of ``solve_batch``."""
 
     def __init__(self, args, batch_size: int):
         self.tree = tuple(batch_axes(jax.tree.leaves(args), batch_size))
@@ -179,4 +187,4 @@ class _Axes:
         return hash(self.tree)
 
     def __eq__(self, other):
-        return isinstance(other, _Axes) and self.tree == other.tree
+        return isinstance(other, BatchAxes) and self.tree == other.tree

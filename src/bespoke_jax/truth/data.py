@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from bespoke_jax.truth.adaptive import ground_truth
+from bespoke_jax.truth.paths import path_velocities
 
 
 class TrainingData(NamedTuple):
@@ -41,8 +42,5 @@ def make_training_data(
     gt = ground_truth(u, x0, args=args, rtol=rtol, atol=atol, save_ts=save_ts)
     if save_ts is None:
         return TrainingData(jnp.asarray(x0), gt.x1, nfe=gt.nfe)
-    xs_by_time = jnp.swapaxes(gt.xs, 0, 1)
-    us = jax.lax.map(lambda tx: u(tx[0], tx[1], args), (gt.ts, xs_by_time))
-    return TrainingData(
-        jnp.asarray(x0), gt.x1, gt.ts, gt.xs, jnp.swapaxes(us, 0, 1), gt.nfe + len(gt.ts)
-    )
+    us = path_velocities(u, gt.ts, gt.xs, args)
+    return TrainingData(jnp.asarray(x0), gt.x1, gt.ts, gt.xs, us, gt.nfe + len(gt.ts))

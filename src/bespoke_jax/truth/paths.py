@@ -46,6 +46,19 @@ def save_times(num_points: int = NUM_POINTS) -> np.ndarray:
     return np.linspace(0.0, 1.0, num_points)
 
 
+def path_velocities(u, ts: jax.Array, xs: jax.Array, args=None) -> jax.Array:
+    """``(N, S, *shape)`` velocities ``u_{ts_k}(xs[:, k])`` on a saved path: ``S`` batched calls.
+
+    Args:
+      u: the field ``u(t, x, args)``.
+      ts: ``(S,)`` saved times.
+      xs: ``(N, S, *shape)`` the path at ``ts``.
+      args: the field's args for the N samples.
+    """
+    us = jax.lax.map(lambda tx: u(tx[0], tx[1], args), (ts, jnp.swapaxes(xs, 0, 1)))
+    return jnp.swapaxes(us, 0, 1)
+
+
 def hermite(ts: jax.Array, xs: jax.Array, us: jax.Array, t: jax.Array):
     """The cubic Hermite interpolant of a saved path, and its derivative, at times ``t``.
 

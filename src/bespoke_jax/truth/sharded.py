@@ -28,9 +28,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bespoke_jax.core.args import is_per_sample
 from bespoke_jax.core.checks import check_batch, check_save_ts
-from bespoke_jax.truth.adaptive import _Axes, _solve, model_calls, named_failure
+from bespoke_jax.truth.adaptive import BatchAxes, model_calls, named_failure, solve_batch
 from bespoke_jax.truth.data import TrainingData
+from bespoke_jax.truth.paths import path_velocities
 
 AXIS = "batch"
 CHUNK_SIZE = 32
@@ -55,22 +57,16 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(lambda leaf: _global(np.asarray(leaf), sharding), tree)
 
 
-def _is_row(leaf, batch_size: int) -> bool:
-    return np.ndim(leaf) >= 1 and np.shape(leaf)[0] == batch_size
-
-
 def row_specs(tree, batch_size: int):
     """``P("batch")`` for per-sample leaves (leading axis ``batch_size``), ``P()`` otherwise."""
-    return jax.tree.map(lambda leaf: P(AXIS) if _is_row(leaf, batch_size) else P(), tree)
+    return jax.tree.map(lambda leaf: P(AXIS) if is_per_sample(leaf, batch_size) else P(), tree)
 
 
 def shard_rows(tree, mesh: Mesh, batch_size: int):
     """Per-sample leaves split along their leading axis over the mesh; other leaves replicated."""
+    specs = row_specs(tree, batch_size)
     return jax.tree.map(
-        lambda leaf: _global(
-            np.asarray(leaf), NamedSharding(mesh, P(AXIS) if _is_row(leaf, batch_size) else P())
-        ),
-        tree,
+        lambda leaf, spec: _global(np.asarray(leaf), NamedSharding(mesh, spec)), tree, specs
     )
 
 
@@ -78,7 +74,7 @@ def pad_rows(tree, batch_size: int, size: int):
     """Per-sample leaves padded from ``batch_size`` to ``size`` rows by repeating the last row."""
 
     def pad(leaf):
-        if not _is_row(leaf, batch_size) or size == batch_size:
+        if not is_per_sample(leaf, batch_size) or size == batch_size:
             return leaf
         leaf = np.asarray(leaf)
         return np.concatenate([leaf, np.repeat(leaf[-1:], size - batch_size, axis=0)])
@@ -119,13 +115,12 @@ def _solve_sharded(
             for i, leaf in zip(rows, row_leaves, strict=True):
                 merged[i] = leaf
             a = jax.tree.unflatten(treedef, merged)
-            x1, xs, steps = _solve(
+            x1, xs, steps = solve_batch(
                 u, xc, a, ts, rtol=rtol, atol=atol, max_steps=max_steps, per_sample=True, axes=axes
             )
             if ts is None:
                 return x1, steps, None, None
-            us = jax.lax.map(lambda tx: u(tx[0], tx[1], a), (ts, jnp.swapaxes(xs, 0, 1)))
-            return x1, steps, xs, jnp.swapaxes(us, 0, 1)
+            return x1, steps, xs, path_velocities(u, ts, xs, a)
 
         def split(y):
             return y.reshape(-1, chunk_size, *y.shape[1:])
@@ -186,10 +181,10 @@ def sharded_training_data(
     padded = per_device * mesh.size
     x0_pad, args_pad = pad_rows((x0, args), n, padded)
     leaves, treedef = jax.tree.flatten(args_pad)
-    rows = [i for i, leaf in enumerate(leaves) if _is_row(leaf, padded)]
+    rows = [i for i, leaf in enumerate(leaves) if is_per_sample(leaf, padded)]
     # One chunk's vmap axes, from placeholders: a shared leaf stays shared even when its
     # leading axis happens to equal the chunk size.
-    chunk_axes = _Axes(
+    chunk_axes = BatchAxes(
         [np.empty((chunk_size,)) if i in rows else np.empty(()) for i in range(len(leaves))],
         chunk_size,
     )
