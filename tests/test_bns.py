@@ -135,8 +135,8 @@ def coefficients(family, params):
 
 def test_coefficients_in_closed_form():
     """docs/bns.md#the-parameters by hand: Euler at n = 2 (``h = 1/2``) has ``ts = (0, 1/2)``,
-    ``a = 1``, ``b = [[1/2, 0], [1/2, 1/2]]``; the grid weights start at ``w = (0, 1/sqrt 2, 1/sqrt 2)``
-    (``t_0 = 0`` is the float floor, below float32 resolution here).
+    ``a = 1``, ``b = [[1/2, 0], [1/2, 1/2]]``; the grid weights start at
+    ``w = (0, 1/sqrt 2, 1/sqrt 2)`` (``t_0 = 0`` is the float floor, below float32 resolution here).
 
     ``p_grid = (1, 1, 0)``: ``w = w_init + sqrt(h) p = (1/sqrt 2, sqrt 2, 1/sqrt 2)``,
     ``d = w^2 = (1/2, 2, 1/2)``, ``ts = (1/2, 5/2) / 3``. ``a = 1 + h p_a``, and
