@@ -54,7 +54,7 @@ class BNS:
     source: str = "midpoint"
     sigma0: float = 1.0
     scheduler: Scheduler | None = None
-    default_steps: int = 3000
+    default_steps: int = 1000
     default_batch_size: int = 40
     initial: NSCoefficients = dataclasses.field(init=False, repr=False, compare=False)
 
