@@ -17,6 +17,8 @@ _PUBLIC = {
     "bns": "bespoke_jax.families.bns",
     "BST": "bespoke_jax.families.bst",
     "bst": "bespoke_jax.families.bst",
+    "LearnedGrid": "bespoke_jax.families.grid",
+    "learned_grid": "bespoke_jax.families.grid",
     "FAMILIES": "bespoke_jax.families.registry",
     "family_from_config": "bespoke_jax.families.registry",
     "cached_training_data": "bespoke_jax.io.cache",
@@ -82,6 +84,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bespoke_jax.families.bns import bns as bns
     from bespoke_jax.families.bst import BST as BST
     from bespoke_jax.families.bst import bst as bst
+    from bespoke_jax.families.grid import LearnedGrid as LearnedGrid
+    from bespoke_jax.families.grid import learned_grid as learned_grid
     from bespoke_jax.families.registry import FAMILIES as FAMILIES
     from bespoke_jax.families.registry import family_from_config as family_from_config
     from bespoke_jax.io.cache import cached_training_data as cached_training_data

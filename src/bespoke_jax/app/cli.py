@@ -94,7 +94,11 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
 @_model_option(required=True)
 @click.option("--family", type=click.Choice(_demo.FAMILY_NAMES), default="bns", show_default=True)
 @click.option("--nfe", type=int, required=True, help="Model calls per sample.")
-@click.option("--init", help="BNS: the baseline to start from [midpoint]; BST: rk1 or rk2 [rk2].")
+@click.option(
+    "--init",
+    help="BNS: the baseline to start from [midpoint]; BST: rk1 or rk2 [rk2]; grid: the "
+    "baseline whose time grid is learned [dpm_solver_pp].",
+)
 @click.option("--sigma0", type=float, help="BNS preconditioning (digits at guidance 2: 0.5) [1].")
 @_guidance_option
 @click.option("--steps", type=click.IntRange(min=1), help="Optimisation steps [family default].")

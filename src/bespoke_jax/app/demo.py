@@ -26,13 +26,14 @@ from bespoke_jax.app.user_model import UserModel, load_model
 from bespoke_jax.core.metrics import psnr
 from bespoke_jax.families.bns import bns
 from bespoke_jax.families.bst import bst
+from bespoke_jax.families.grid import learned_grid
 from bespoke_jax.io.cache import cached_training_data
 from bespoke_jax.io.storage import export_solver, load_solver, save_solver
 from bespoke_jax.training.loop import train
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.sharded import sharded_training_data
 
-FAMILY_NAMES = ("bns", "bst")
+FAMILY_NAMES = ("bns", "bst", "grid")
 TRAIN, VAL, TEST = 0, 1, 2
 # The coefficients of an export (``bj.export_solver``) drawn by ``_report.plot_coefficients``.
 _PLOTTED = {"bst": ("r", "t", "s", "dt", "ds"), "bns": ("grid", "a", "b", "sigma0")}
@@ -74,10 +75,11 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
     """A learned solver family from command-line options (``None``: the family's default).
 
     Args:
-      family: ``"bns"`` or ``"bst"``.
+      family: ``"bns"``, ``"bst"`` or ``"grid"``.
       nfe: model calls per sample.
       init: BNS: the baseline it starts from (``bj.solvers.NAMES``); BST: its base, ``"rk1"``
-        or ``"rk2"`` (default ``"rk2"``).
+        or ``"rk2"`` (default ``"rk2"``); grid: the baseline whose grid is learned
+        (default ``"dpm_solver_pp"``).
       sigma0: BNS preconditioning; not a BST option.
       scheduler: the model's scheduler (BNS preconditioning and exponential inits need it).
 
@@ -92,6 +94,10 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
     if family == "bns":
         options = {"init": init, "sigma0": sigma0}
         return bns(nfe, scheduler=scheduler, **{k: v for k, v in options.items() if v is not None})
+    if family == "grid":
+        if sigma0 is not None:
+            raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
+        return learned_grid(nfe, solver=init or "dpm_solver_pp", scheduler=scheduler)
     raise ValueError(f"Unknown family {family!r}; valid families: {', '.join(FAMILY_NAMES)}.")
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.core.transforms import precondition
 from bespoke_jax.solvers.ns_coefficients import NSCoefficients, ns_coefficients
@@ -153,9 +154,7 @@ class BNS:
 
     def loss(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
         """``E log ||x_n - x(1)||^2`` (RMS norm; BNS eq. 13 without its sign): minimise it."""
-        x1 = self.sample(params, u, batch.x0, args)
-        err = jnp.reshape(x1 - batch.x1, (x1.shape[0], -1))
-        return jnp.mean(jnp.log(jnp.mean(jnp.square(err), axis=-1)))
+        return log_mse(self.sample(params, u, batch.x0, args), batch.x1)
 
     def config(self) -> dict:
         """The arguments of ``bns`` (the scheduler as its config)."""

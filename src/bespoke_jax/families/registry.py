@@ -8,8 +8,9 @@ from bespoke_jax.core.schedulers import scheduler_from_config
 from bespoke_jax.families.base import Family
 from bespoke_jax.families.bns import bns
 from bespoke_jax.families.bst import bst
+from bespoke_jax.families.grid import learned_grid
 
-FAMILIES: dict[str, Callable] = {"bst": bst, "bns": bns}
+FAMILIES: dict[str, Callable] = {"bst": bst, "bns": bns, "grid": learned_grid}
 
 
 def family_from_config(config: dict) -> Family:
