@@ -1,13 +1,19 @@
 """Learned grids: init is the baseline, valid grids by construction, exact NFE, training."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import bespoke_jax as bj
+from bespoke_jax import export
+from bespoke_jax.app.demo import make_family
 from bespoke_jax.core.metrics import log_mse
+from bespoke_jax.core.outputs import data_prediction
 from bespoke_jax.solvers import SOLVERS, SPECS
+from tests.test_storage import _perturbed
 
 SCHEDULER = bj.cond_ot()
 
@@ -102,3 +108,129 @@ def test_bad_input_is_refused_when_the_family_is_built(kwargs, match):
     kwargs = {"nfe": 4, "scheduler": SCHEDULER, **kwargs}
     with pytest.raises(ValueError, match=match):
         bj.learned_grid(kwargs.pop("nfe"), **kwargs)
+
+
+def _numpy_field(u):
+    return lambda t, x, args: np.asarray(u(jnp.float32(t), jnp.asarray(x, jnp.float32), args))
+
+
+EXPORTED = {
+    "bst-rk2": bj.bst(4),
+    "bst-rk1": bj.bst(3, base="rk1"),
+    "bns": bj.bns(4, init="midpoint"),
+    "bns-preconditioned": bj.bns(4, init="ddim", sigma0=2.0, scheduler=SCHEDULER),
+    "grid-dpm": bj.learned_grid(4, scheduler=SCHEDULER),
+    "grid-midpoint": bj.learned_grid(4, solver="midpoint"),
+}
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_numpy_reference_sampler_runs_every_exported_family(mixture, name, tmp_path):
+    # The export is the family's own linear map, read off in float64: the two agree to the
+    # float32 rounding of family.sample (~1e-7 of O(1) values over 4 steps).
+    family = EXPORTED[name]
+    params = _perturbed(family)
+    u = mixture.velocity(SCHEDULER)
+    x0 = jax.random.normal(jax.random.key(6), (16, 8))
+    path = bj.export_solver(tmp_path / "solver.json", family, params, {"scheduler": SCHEDULER})
+    ours = export.sample(path, _numpy_field(u), np.asarray(x0))
+    np.testing.assert_allclose(ours, family.sample(params, u, x0), atol=1e-5)
+
+
+def _version_1(family, params) -> dict:
+    """The record version 1 of export_solver wrote (BNS on the preconditioned field)."""
+    record = {"format": export.EXPORT_FORMAT, "format_version": 1, "nfe": family.nfe}
+    record["family"] = {"name": family.name, **family.config()}
+    if family.name == "bst":
+        c = family.coefficients(params)
+        return record | {k: np.asarray(c[k]).tolist() for k in ("r", "t", "dt", "s", "ds")}
+    grid, a, b = (np.asarray(v).tolist() for v in family.solver(params))
+    s_start = s_end = 1.0
+    if family.sigma0 != 1.0:
+        _, transform = bj.precondition(lambda t, x, args: x, family.scheduler, family.sigma0)
+        s_start, s_end = float(transform.s(0.0)), float(transform.s(1.0))
+    r = np.append(grid, 1.0).tolist()
+    return (
+        record
+        | {"grid": grid, "a": a, "b": b, "sigma0": family.sigma0, "times": r}
+        | {
+            "s_start": s_start,
+            "s_end": s_end,
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["bst-rk2", "bns", "bns-preconditioned"])
+def test_version_1_exports_are_still_read(mixture, name, tmp_path):
+    family = EXPORTED[name]
+    params = _perturbed(family, seed=1)
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(_version_1(family, params)))
+    record = export.read_export(path)
+    assert record["format_version"] == export.EXPORT_VERSION
+    u = mixture.velocity(SCHEDULER)
+    x0 = jax.random.normal(jax.random.key(7), (16, 8))
+    ours = export.sample(record, _numpy_field(u), np.asarray(x0))
+    np.testing.assert_allclose(ours, family.sample(params, u, x0), atol=1e-5)
+
+
+def test_unknown_export_versions_are_refused(tmp_path):
+    path = tmp_path / "v9.json"
+    path.write_text(json.dumps({"format": export.EXPORT_FORMAT, "format_version": 9}))
+    with pytest.raises(ValueError, match="version 9.*upgrade bespoke_jax"):
+        export.read_export(path)
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="not an exported solver"):
+        export.read_export(path)
+
+
+def test_cli_builds_a_grid_family():
+    family = make_family("grid", 6, init="unipc", scheduler=SCHEDULER)
+    assert family == bj.learned_grid(6, solver="unipc", scheduler=SCHEDULER)
+    with pytest.raises(ValueError, match="--sigma0"):
+        make_family("grid", 6, sigma0=0.5, scheduler=SCHEDULER)
+
+
+def _diffusers_run(scheduler, x, model):
+    """diffusers' denoising loop: ``model(x_in, timestep, sigma)``, then ``scheduler.step``."""
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(np.array(x)) * getattr(scheduler, "init_noise_sigma", 1.0)
+    for timestep in scheduler.timesteps:  # flow matching has no noise scale nor input scaling
+        scale = getattr(scheduler, "scale_model_input", lambda x, timestep: x)
+        x_in = scale(x, timestep)
+        sigma = float(scheduler.sigmas[scheduler.step_index or 0])
+        out = torch.from_numpy(model(x_in.numpy(), float(timestep), sigma))
+        x = scheduler.step(out, timestep, x).prev_sample
+    return x.numpy()
+
+
+@pytest.mark.parametrize("kind", ["flow", "diffusion"])
+def test_diffusers_schedulers_run_the_exported_grid(mixture, kind, tmp_path):
+    # Flow matching: FlowMatchEulerDiscreteScheduler on sigmas = 1 - t is Euler in t, with the
+    # model's velocity dx/dsigma = -u and its time t = 1 - timestep / 1000. Diffusion (VP):
+    # EulerDiscreteScheduler on sigma / alpha is Euler on x / alpha in sigma / alpha: DDIM, run
+    # with the data prediction at t = snr^-1(1 / sigma). Same maps in float32: 1e-4.
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = SCHEDULER if kind == "flow" else bj.vp()
+    family = bj.learned_grid(4, solver="euler" if kind == "flow" else "ddim", scheduler=scheduler)
+    params = _perturbed(family, seed=2)
+    record = json.loads(bj.export_solver(tmp_path / "g.json", family, params).read_text())
+    u = mixture.velocity(scheduler)
+    x0 = np.asarray(jax.random.normal(jax.random.key(8), (16, 8)))
+    if kind == "flow":
+        peer = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0)
+        peer.set_timesteps(sigmas=record["diffusers_flow_sigmas"])
+
+        def model(x, timestep, sigma):
+            return -np.asarray(u(jnp.float32(1.0 - timestep / 1000.0), jnp.asarray(x), None))
+    else:
+        peer = diffusers.EulerDiscreteScheduler(prediction_type="sample")
+        peer.set_timesteps(sigmas=record["diffusers_sigmas"])
+        x1_hat = data_prediction(u, scheduler)
+
+        def model(x, timestep, sigma):
+            t = scheduler.snr_inverse(jnp.float32(1.0 / sigma))
+            return np.asarray(x1_hat(t, jnp.asarray(x), u(t, jnp.asarray(x), None)))
+
+    ours = _diffusers_run(peer, x0, model)
+    np.testing.assert_allclose(ours, family.sample(params, u, jnp.asarray(x0)), atol=1e-4)
