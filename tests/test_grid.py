@@ -1,14 +1,17 @@
 """Learned grids: init is the baseline, valid grids by construction, exact NFE, training."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import bespoke_jax as bj
 from bespoke_jax import export
+from bespoke_jax.app.cli import main
 from bespoke_jax.app.demo import make_family
 from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.outputs import data_prediction
@@ -234,3 +237,40 @@ def test_diffusers_schedulers_run_the_exported_grid(mixture, kind, tmp_path):
 
     ours = _diffusers_run(peer, x0, model)
     np.testing.assert_allclose(ours, family.sample(params, u, jnp.asarray(x0)), atol=1e-4)
+
+
+def test_choose_sigma0_keeps_the_best_untrained_scale(mixture):
+    u = mixture.velocity(SCHEDULER)
+    x0 = jax.random.normal(jax.random.key(9), (32, 8))
+    x1 = bj.ground_truth(u, x0).x1
+    choice = bj.choose_sigma0(u, x0, nfe=4, scheduler=SCHEDULER, x1_val=x1)
+    assert set(choice.psnr) == {0.25, 0.5, 1.0, 2.0, 4.0}
+    assert choice.psnr[choice.sigma0] == max(choice.psnr.values())
+    # sigma0 = 1 is the source solver itself (midpoint): the same PSNR to float32 rounding.
+    midpoint = float(bj.psnr(bj.solvers.midpoint(u, x0, nfe=4), x1))
+    assert choice.psnr[1.0] == pytest.approx(midpoint, abs=1e-3)
+    # Preconditioning moves the steps: the candidates differ by more than rounding.
+    assert max(choice.psnr.values()) - min(choice.psnr.values()) > 0.1
+    with pytest.raises(ValueError, match="positive finite"):
+        bj.choose_sigma0(u, x0, nfe=4, scheduler=SCHEDULER, x1_val=x1, candidates=[0.0])
+
+
+TINY = f"{Path(__file__).parent / 'tiny_model.py'}:mixture"
+
+
+def test_cli_trains_a_grid_and_chooses_sigma0(tmp_path):
+    runner = CliRunner()
+    common = ["--model", TINY, "--nfe", "4", "--quick"]
+    grid = ["train", *common, "--family", "grid", "--init", "euler", "--out", tmp_path / "g"]
+    result = runner.invoke(main, [str(a) for a in grid], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    family, _, _ = bj.load_solver(tmp_path / "g")
+    assert family == bj.learned_grid(4, solver="euler", scheduler=SCHEDULER)
+    auto = ["train", *common, "--sigma0", "auto", "--out", tmp_path / "b"]
+    result = runner.invoke(main, [str(a) for a in auto], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    family, _, _ = bj.load_solver(tmp_path / "b")
+    assert f"sigma0 auto: chose {family.sigma0:g}" in result.output
+    bad = ["train", *common, "--sigma0", "big", "--out", tmp_path / "x"]
+    result = runner.invoke(main, [str(a) for a in bad], catch_exceptions=False)
+    assert result.exit_code != 0 and "--sigma0 must be a number or 'auto'" in result.output

@@ -46,6 +46,8 @@ _PUBLIC = {
     "GaussianMixture": "bespoke_jax.models.mixture",
     "Pretrained": "bespoke_jax.models.pretrained",
     "pretrained": "bespoke_jax.models.pretrained",
+    "Sigma0Choice": "bespoke_jax.training.sigma0",
+    "choose_sigma0": "bespoke_jax.training.sigma0",
     "TrainResult": "bespoke_jax.training.loop",
     "train": "bespoke_jax.training.loop",
 }
@@ -97,6 +99,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bespoke_jax.models.pretrained import pretrained as pretrained
     from bespoke_jax.training.loop import TrainResult as TrainResult
     from bespoke_jax.training.loop import train as train
+    from bespoke_jax.training.sigma0 import Sigma0Choice as Sigma0Choice
+    from bespoke_jax.training.sigma0 import choose_sigma0 as choose_sigma0
     from bespoke_jax.truth.adaptive import GroundTruth as GroundTruth
     from bespoke_jax.truth.adaptive import ground_truth as ground_truth
     from bespoke_jax.truth.data import TrainingData as TrainingData

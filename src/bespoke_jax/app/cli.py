@@ -99,7 +99,11 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
     help="BNS: the baseline to start from [midpoint]; BST: rk1 or rk2 [rk2]; grid: the "
     "baseline whose time grid is learned [dpm_solver_pp].",
 )
-@click.option("--sigma0", type=float, help="BNS preconditioning (digits at guidance 2: 0.5) [1].")
+@click.option(
+    "--sigma0",
+    help="BNS preconditioning, a number or 'auto' (the best of a few on validation, "
+    "untrained) (digits at guidance 2: 0.5) [1].",
+)
 @_guidance_option
 @click.option("--steps", type=click.IntRange(min=1), help="Optimisation steps [family default].")
 @click.option("--n-train", type=click.IntRange(min=1), help="Training noise samples [520].")
@@ -116,15 +120,29 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
     \b
     Examples:
       bespoke-jax train --model digits --family bns --nfe 8 --sigma0 0.5 --out runs/bns8
+      bespoke-jax train --model digits --family bns --nfe 8 --sigma0 auto --out runs/bns8
+      bespoke-jax train --model digits --family grid --init dpm_solver_pp --nfe 8 --out runs/g8
       bespoke-jax train --model digits --guidance 0 --family bst --nfe 8 --out runs/bst8
       bespoke-jax train --model my_model.py:make --nfe 6 --steps 500 --out runs/mine
     """
     with _clear_errors():
         user = load_model(model, guidance=guidance)
-        solver = _demo.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
         given = {name: value for name, value in options.items() if value is not None}
         settings = dataclasses.replace(_demo.QUICK if quick else _demo.Settings(), **given)
-        path, trained = _demo.train_solver(user, solver, out, settings)
+        val = None
+        if sigma0 == "auto":
+            if family != "bns":
+                raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
+            val = _demo.validation_set(user, settings)
+            sigma0 = _demo.auto_sigma0(user, nfe, init, val).sigma0
+            click.echo(f"sigma0 auto: chose {sigma0:g}")
+        elif sigma0 is not None:
+            try:
+                sigma0 = float(sigma0)
+            except ValueError:
+                raise ValueError(f"--sigma0 must be a number or 'auto', got {sigma0!r}.") from None
+        solver = _demo.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
+        path, trained = _demo.train_solver(user, solver, out, settings, val=val)
     click.echo(
         f"Saved {trained.label} to {path}: validation PSNR {trained.val_psnr:.2f} dB "
         f"(data range {user.data_range:g}), {trained.wall_s:.0f} s, "

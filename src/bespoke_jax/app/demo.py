@@ -30,6 +30,7 @@ from bespoke_jax.families.grid import learned_grid
 from bespoke_jax.io.cache import cached_training_data
 from bespoke_jax.io.storage import export_solver, load_solver, save_solver
 from bespoke_jax.training.loop import train
+from bespoke_jax.training.sigma0 import Sigma0Choice, choose_sigma0
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.sharded import sharded_training_data
 
@@ -256,16 +257,48 @@ def _metadata(model: UserModel, trained: Trained, **extra) -> dict:
     }
 
 
-def train_solver(model: UserModel, family, out, settings: Settings = Settings(), *, progress=True):
+def validation_set(model: UserModel, settings: Settings) -> NoiseSet:
+    """The validation noise of ``settings`` and its ground truth."""
+    log(f"ground truth of {settings.n_val} validation samples")
+    return noise_set(model, settings.n_val, VAL, settings)
+
+
+def auto_sigma0(model: UserModel, nfe: int, init, val: NoiseSet) -> Sigma0Choice:
+    """``choose_sigma0`` for BNS from ``init`` (default midpoint) on the validation set."""
+    choice = choose_sigma0(
+        model.velocity,
+        val.x0,
+        nfe=nfe,
+        init=init or "midpoint",
+        scheduler=model.scheduler,
+        args=val.args,
+        x1_val=val.data.x1,
+        data_range=model.data_range,
+    )
+    scores = ", ".join(f"{c:g}: {p:.2f}" for c, p in choice.psnr.items())
+    log(f"sigma0 auto: {choice.sigma0:g} (untrained validation PSNR [dB] {scores})")
+    return choice
+
+
+def train_solver(
+    model: UserModel,
+    family,
+    out,
+    settings: Settings = Settings(),
+    *,
+    progress=True,
+    val: NoiseSet | None = None,
+):
     """Train ``family`` on ``model`` and save it to the directory ``out``.
+
+    ``val``: the validation set when already solved (``validation_set``).
 
     Returns:
       ``(path, Trained)``.
     """
     sets = TrainingSets(model, settings)
     sets.get(family.save_ts)
-    log(f"ground truth of {settings.n_val} validation samples")
-    val = noise_set(model, settings.n_val, VAL, settings)
+    val = validation_set(model, settings) if val is None else val
     trained = fit(model, family, sets, val, progress=progress)
     path = save_solver(out, family, trained.params, _metadata(model, trained))
     log(f"saved {trained.label} to {path}")
