@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "solvers": "bespoke_jax.solvers",
+    "export": "bespoke_jax.export",
     "BNS": "bespoke_jax.families.bns",
     "bns": "bespoke_jax.families.bns",
     "BST": "bespoke_jax.families.bst",
@@ -59,7 +60,7 @@ def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'bespoke_jax' has no attribute {name!r}")
     module = importlib.import_module(_PUBLIC[name])
-    value = module if name == "solvers" else getattr(module, name)
+    value = module if name in ("solvers", "export") else getattr(module, name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
@@ -69,6 +70,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from bespoke_jax import export as export
     from bespoke_jax import solvers as solvers
     from bespoke_jax.core.metrics import psnr as psnr
     from bespoke_jax.core.metrics import rmse as rmse
