@@ -55,7 +55,7 @@ def test_init_reproduces_the_solver_on_its_grid(mixture, name, init_grid, option
 
 
 def test_any_parameters_give_a_valid_grid_and_exact_nfe():
-    family = bj.learned_grid(6, solver="unipc", scheduler=SCHEDULER)
+    family = bj.learned_grid(6, solver="ddim", scheduler=SCHEDULER)
     params = {"grid": 3.0 * jax.random.normal(jax.random.key(2), (6,))}
     grid = np.asarray(family.coefficients(params)["grid"])
     assert grid[0] == 0.0 and grid[-1] == 1.0 and np.all(np.diff(grid) > 0)
@@ -67,7 +67,7 @@ def test_any_parameters_give_a_valid_grid_and_exact_nfe():
 
     with jax.disable_jit():  # lax.scan runs as a Python loop: one entry per call
         family.sample(params, counting, jnp.ones((2, 8)))
-    # UniPC never evaluates the data end t = 1: its calls are at the first six grid points.
+    # DDIM never evaluates the data end t = 1: its calls are at the first six grid points.
     np.testing.assert_allclose(times, grid[:-1], rtol=1e-6)
 
 
@@ -89,9 +89,9 @@ def test_training_beats_the_default_grid(trained):
     assert result.best_val_psnr > result.history["val_psnr"][0] + 3.0
     data = result.train_data
     batch = bj.TrainingData(data.x0[:8], data.x1[:8])
-    value, grads = jax.value_and_grad(lambda p: family.loss(p, u, batch))(result.params)
+    value, grads = jax.jit(jax.value_and_grad(lambda p: family.loss(p, u, batch)))(result.params)
     assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grads["grid"])))
-    x1 = family.sample(result.params, u, batch.x0)
+    x1 = jax.jit(lambda p, x: family.sample(p, u, x))(result.params, batch.x0)
     np.testing.assert_allclose(float(value), float(log_mse(x1, batch.x1)))
 
 
