@@ -13,7 +13,6 @@ import bespoke_jax as bj
 from bespoke_jax import export
 from bespoke_jax.app.cli import main
 from bespoke_jax.app.demo import make_family
-from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.outputs import data_prediction
 from bespoke_jax.solvers import SOLVERS, SPECS
 from tests.test_storage import _perturbed
@@ -77,7 +76,7 @@ def trained(mixture):
     family = bj.learned_grid(4, solver="dpm_solver_pp", scheduler=SCHEDULER)
     x0_train = jax.random.normal(jax.random.key(4), (64, 8))
     x0_val = jax.random.normal(jax.random.key(5), (64, 8))
-    result = bj.train(family, u, x0_train, x0_val, steps=150, eval_every=50, progress=False)
+    result = bj.train(family, u, x0_train, x0_val, steps=100, eval_every=50, progress=False)
     return family, u, result
 
 
@@ -91,8 +90,6 @@ def test_training_beats_the_default_grid(trained):
     batch = bj.TrainingData(data.x0[:8], data.x1[:8])
     value, grads = jax.jit(jax.value_and_grad(lambda p: family.loss(p, u, batch)))(result.params)
     assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grads["grid"])))
-    x1 = jax.jit(lambda p, x: family.sample(p, u, x))(result.params, batch.x0)
-    np.testing.assert_allclose(float(value), float(log_mse(x1, batch.x1)))
 
 
 @pytest.mark.parametrize(
@@ -119,7 +116,6 @@ def _numpy_field(u):
 
 EXPORTED = {
     "bst-rk2": bj.bst(4),
-    "bst-rk1": bj.bst(3, base="rk1"),
     "bns": bj.bns(4, init="midpoint"),
     "bns-preconditioned": bj.bns(4, init="ddim", sigma0=2.0, scheduler=SCHEDULER),
     "grid-dpm": bj.learned_grid(4, scheduler=SCHEDULER),
@@ -243,8 +239,9 @@ def test_choose_sigma0_keeps_the_best_untrained_scale(mixture):
     u = mixture.velocity(SCHEDULER)
     x0 = jax.random.normal(jax.random.key(9), (32, 8))
     x1 = bj.ground_truth(u, x0).x1
-    choice = bj.choose_sigma0(u, x0, nfe=4, scheduler=SCHEDULER, x1_val=x1)
-    assert set(choice.psnr) == {0.25, 0.5, 1.0, 2.0, 4.0}
+    options = {"nfe": 4, "scheduler": SCHEDULER, "x1_val": x1, "candidates": (0.5, 1.0, 2.0)}
+    choice = bj.choose_sigma0(u, x0, **options)
+    assert set(choice.psnr) == {0.5, 1.0, 2.0}
     assert choice.psnr[choice.sigma0] == max(choice.psnr.values())
     # sigma0 = 1 is the source solver itself (midpoint): the same PSNR to float32 rounding.
     midpoint = float(bj.psnr(bj.solvers.midpoint(u, x0, nfe=4), x1))
@@ -253,19 +250,21 @@ def test_choose_sigma0_keeps_the_best_untrained_scale(mixture):
     assert max(choice.psnr.values()) - min(choice.psnr.values()) > 0.1
     with pytest.raises(ValueError, match="positive finite"):
         bj.choose_sigma0(u, x0, nfe=4, scheduler=SCHEDULER, x1_val=x1, candidates=[0.0])
+    # Briefly trained: the best validation PSNR over the steps, step 0 (untrained) included.
+    x0_train = jax.random.normal(jax.random.key(10), (32, 8))
+    options["candidates"] = (2.0,)  # one candidate: one more compiled training step
+    trained = bj.choose_sigma0(u, x0, x0_train=x0_train, steps=20, **options)
+    assert trained.sigma0 == 2.0 and trained.psnr[2.0] >= choice.psnr[2.0] - 1e-3
+    with pytest.raises(ValueError, match="pass x0_train"):
+        bj.choose_sigma0(u, x0, steps=20, **options)
 
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:mixture"
 
 
-def test_cli_trains_a_grid_and_chooses_sigma0(tmp_path):
+def test_cli_chooses_sigma0(tmp_path):
     runner = CliRunner()
     common = ["--model", TINY, "--nfe", "4", "--quick"]
-    grid = ["train", *common, "--family", "grid", "--init", "euler", "--out", tmp_path / "g"]
-    result = runner.invoke(main, [str(a) for a in grid], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    family, _, _ = bj.load_solver(tmp_path / "g")
-    assert family == bj.learned_grid(4, solver="euler", scheduler=SCHEDULER)
     auto = ["train", *common, "--sigma0", "auto", "--out", tmp_path / "b"]
     result = runner.invoke(main, [str(a) for a in auto], catch_exceptions=False)
     assert result.exit_code == 0, result.output
