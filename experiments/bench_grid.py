@@ -7,8 +7,9 @@ learned with the family's defaults (Adam 3e-2, cosine decay, 600 steps, batch 64
 solver's default grid and from its best fixed grid, with the training wall time; and BNS
 (UniPC init, the family's default training) at the same NFE.
 
-Run ``python experiments/bench_grid.py`` (``--quick``: NFE 4 and 8, 200 steps, small sets);
-the tables are printed and written to ``runs/bench_grid.md``.
+Run ``python experiments/bench_grid.py`` (``--quick``: NFE 4 and 8, 200 steps, small sets,
+learned from the best fixed grid only; ``--nfe``, ``--steps`` override); the tables are printed
+and written to ``runs/bench_grid.md``.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def problem_rows(problem: str, u, noise, x1_test, scheduler, args, nfes, steps, 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="NFE 4 and 8, 200 steps, small sets")
-    quick = parser.parse_args(argv).quick
+    parser.add_argument("--nfe", type=int, action="append", help="NFE values (repeatable)")
+    parser.add_argument("--steps", type=int, help="training steps of every solver")
+    options = parser.parse_args(argv)
+    quick = options.quick
     sizes = (128, 128, 256) if quick else SIZES
-    nfes = (4, 8) if quick else NFES
-    steps = 200 if quick else None
+    nfes = options.nfe or ((4, 8) if quick else NFES)
+    steps = options.steps or (200 if quick else None)
     start = time.perf_counter()
     scheduler = bj.cond_ot()
     u, x_train, x_val, x_test, x1_test = mixture_problem(sizes)
