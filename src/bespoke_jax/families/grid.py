@@ -7,6 +7,11 @@ The parameters are the time grid ``0 = t_0 < t_1 < ... < t_N = 1`` of a fixed ba
 for the solver's default grid ``g`` (``"uniform"``; ``"edm"`` for EDM) or another named grid.
 Training minimises the BNS loss ``E log ||x_N - x(1)||^2`` on (noise, sample) pairs through the
 solver itself: every baseline is differentiable with respect to an explicit grid.
+
+Both end points are fixed for every solver: the exponential integrators pin ``t = 1`` to
+``lambda = +inf`` and never evaluate the model there, and EDM starts at ``sigma_max = 80``
+whatever ``t_0`` (its interior points must keep ``sigma / alpha < 80``: a runtime error names
+it). Interior points stay strictly inside ``(0, 1)``, where the log-SNR is finite.
 """
 
 from __future__ import annotations
