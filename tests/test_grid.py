@@ -54,7 +54,7 @@ def test_init_reproduces_the_solver_on_its_grid(mixture, name, init_grid, option
 
 
 def test_any_parameters_give_a_valid_grid_and_exact_nfe():
-    family = bj.learned_grid(6, solver="ddim", scheduler=SCHEDULER)
+    family = bj.learned_grid(6, solver="euler")
     params = {"grid": 3.0 * jax.random.normal(jax.random.key(2), (6,))}
     grid = np.asarray(family.coefficients(params)["grid"])
     assert grid[0] == 0.0 and grid[-1] == 1.0 and np.all(np.diff(grid) > 0)
@@ -66,7 +66,7 @@ def test_any_parameters_give_a_valid_grid_and_exact_nfe():
 
     with jax.disable_jit():  # lax.scan runs as a Python loop: one entry per call
         family.sample(params, counting, jnp.ones((2, 8)))
-    # DDIM never evaluates the data end t = 1: its calls are at the first six grid points.
+    # Euler never evaluates the data end t = 1: its calls are at the first six grid points.
     np.testing.assert_allclose(times, grid[:-1], rtol=1e-6)
 
 
