@@ -67,7 +67,7 @@ def test_help_texts_spell_the_package_choices():
     assert set(cli.FAMILY_NAMES) == set(bj.FAMILIES)
     assert cli.BNS_INITS == solvers.NAMES and cli.BST_BASES == BASES
     for name in cli.FAMILY_NAMES:
-        family = jobs.make_family(name, 4)
+        family = jobs.make_family(name, 4, scheduler=bj.cond_ot())
         assert cli.OPTIMIZERS[name] == optimizer_name(family)
         assert optimizer_name(family, learning_rate=1e-3) == "Adam"  # what --lr selects
     help_text = " ".join(invoke("train", "--help").output.split())

@@ -17,6 +17,7 @@ FAMILIES = {
     "bst-rk1": bj.bst(3, base="rk1"),
     "bns": bj.bns(4),
     "bns-preconditioned": bj.bns(4, init="ddim", sigma0=2.0, scheduler=bj.cond_ot()),
+    "grid": bj.learned_grid(4, solver="dpm_solver_pp", scheduler=bj.cond_ot(), order=3),
 }
 
 
@@ -186,26 +187,46 @@ def _export(saved, name, tmp_path, **kwargs):
 def test_export_bst_grid_in_diffusers_conventions(saved, tmp_path):
     family, record = _export(saved, "bst-rk2", tmp_path)
     t = np.asarray(record["times"])
+    assert record["format_version"] == 2
     assert len(t) == family.nfe + 1 and t[0] == 0.0 and t[-1] == 1.0
     assert np.all(np.diff(t) > 0)
-    np.testing.assert_allclose(record["t"], t)
+    np.testing.assert_allclose(record["t"], t, rtol=1e-6)
     assert len(record["dt"]) == len(record["ds"]) == family.nfe
     assert record["s"][0] == 1.0
-    # CondOT (from the metadata): sigma_t / alpha_t = (1 - t) / t, infinite (null) at t = 0.
-    assert record["sigmas"][0] is None and record["sigmas"][-1] == 0.0
-    np.testing.assert_allclose(record["sigmas"][1:], (1 - t[1:]) / t[1:], rtol=1e-6)
-    np.testing.assert_allclose(record["timesteps"], 1000 * (1 - t), rtol=1e-12)
+    # CondOT (from the metadata): flow sigmas 1 - t; sigma / alpha = (1 - t) / t, infinite at
+    # t = 0 and truncated to its value at t = 1e-3 t_1 for k-diffusion.
+    np.testing.assert_allclose(record["comfyui_flow_sigmas"], 1 - t, rtol=1e-12)
+    assert record["diffusers_flow_sigmas"] == record["comfyui_flow_sigmas"][:-1]
+    levels = np.asarray(record["k_diffusion_sigmas"])
+    np.testing.assert_allclose(levels[1:], (1 - t[1:]) / t[1:], rtol=1e-6)
+    np.testing.assert_allclose(levels[0], (1 - 1e-3 * t[1]) / (1e-3 * t[1]), rtol=1e-6)
+    assert np.all(np.diff(levels) < 0) and "diffusers_sigmas" not in record
 
 
-def test_export_bns_preconditioned(saved, tmp_path):
+def test_export_bns_folds_the_preconditioning(saved, tmp_path):
     family, record = _export(saved, "bns-preconditioned", tmp_path, scheduler=bj.vp())
     n = family.nfe
-    assert len(record["grid"]) == n and len(record["a"]) == n + 1
+    assert len(record["grid"]) == n and len(record["a"]) == n + 1 and record["sigma0"] == 2.0
     assert np.asarray(record["b"]).shape == (n, n)
     assert np.all(np.triu(np.asarray(record["b"]), 1) == 0)
-    # CondOT preconditioned by sigma0: t_r = r / (sigma0 (1 - r) + r), s_0 = sigma0, s_1 = 1.
+    # CondOT preconditioned by sigma0: the field is called at t_r = r / (sigma0 (1 - r) + r).
     r = np.append(record["grid"], 1.0)
     np.testing.assert_allclose(record["times"], r / (2.0 * (1 - r) + r), rtol=1e-5, atol=1e-7)
-    assert record["s_start"] == pytest.approx(2.0) and record["s_end"] == pytest.approx(1.0)
-    # The scheduler argument wins over the metadata's; VP has alpha_0 > 0: all sigmas finite.
-    assert record["scheduler"]["name"] == "vp" and None not in record["sigmas"]
+    # The scheduler argument wins over the metadata's; VP has alpha_0 > 0: sigmas as they are.
+    assert record["scheduler"]["name"] == "vp" and "diffusers_flow_sigmas" not in record
+    t = np.asarray(record["schedule"])
+    vp = bj.vp()
+    np.testing.assert_allclose(
+        record["diffusers_sigmas"], vp.sigma(t) / vp.alpha(t), rtol=1e-5, atol=1e-7
+    )
+    assert record["diffusers_sigmas"] == record["k_diffusion_sigmas"]
+    np.testing.assert_allclose(record["diffusers_timesteps"], 1000 * (1 - t[:-1]), rtol=1e-12)
+
+
+def test_export_grid_gives_its_steps(saved, tmp_path):
+    family, record = _export(saved, "grid", tmp_path)
+    grid = np.asarray(family.coefficients(saved["grid"][2])["grid"])
+    np.testing.assert_allclose(record["grid"], grid, rtol=1e-7)
+    assert record["schedule"] == record["grid"] and record["solver_options"] == {"order": 3}
+    # One call a step, never at t = 1: the NS times are the grid's.
+    np.testing.assert_allclose(record["times"], grid, rtol=1e-6)

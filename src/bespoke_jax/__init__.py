@@ -13,10 +13,13 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "solvers": "bespoke_jax.solvers",
+    "export": "bespoke_jax.export",
     "BNS": "bespoke_jax.families.bns",
     "bns": "bespoke_jax.families.bns",
     "BST": "bespoke_jax.families.bst",
     "bst": "bespoke_jax.families.bst",
+    "LearnedGrid": "bespoke_jax.families.grid",
+    "learned_grid": "bespoke_jax.families.grid",
     "FAMILIES": "bespoke_jax.families.registry",
     "family_from_config": "bespoke_jax.families.registry",
     "cached_training_data": "bespoke_jax.io.cache",
@@ -44,6 +47,8 @@ _PUBLIC = {
     "GaussianMixture": "bespoke_jax.models.mixture",
     "Pretrained": "bespoke_jax.models.pretrained",
     "pretrained": "bespoke_jax.models.pretrained",
+    "Sigma0Choice": "bespoke_jax.training.sigma0",
+    "choose_sigma0": "bespoke_jax.training.sigma0",
     "TrainResult": "bespoke_jax.training.loop",
     "train": "bespoke_jax.training.loop",
 }
@@ -55,7 +60,7 @@ def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'bespoke_jax' has no attribute {name!r}")
     module = importlib.import_module(_PUBLIC[name])
-    value = module if name == "solvers" else getattr(module, name)
+    value = module if name in ("solvers", "export") else getattr(module, name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
@@ -65,6 +70,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from bespoke_jax import export as export
     from bespoke_jax import solvers as solvers
     from bespoke_jax.core.metrics import psnr as psnr
     from bespoke_jax.core.metrics import rmse as rmse
@@ -82,6 +88,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bespoke_jax.families.bns import bns as bns
     from bespoke_jax.families.bst import BST as BST
     from bespoke_jax.families.bst import bst as bst
+    from bespoke_jax.families.grid import LearnedGrid as LearnedGrid
+    from bespoke_jax.families.grid import learned_grid as learned_grid
     from bespoke_jax.families.registry import FAMILIES as FAMILIES
     from bespoke_jax.families.registry import family_from_config as family_from_config
     from bespoke_jax.io.cache import cached_training_data as cached_training_data
@@ -93,6 +101,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bespoke_jax.models.pretrained import pretrained as pretrained
     from bespoke_jax.training.loop import TrainResult as TrainResult
     from bespoke_jax.training.loop import train as train
+    from bespoke_jax.training.sigma0 import Sigma0Choice as Sigma0Choice
+    from bespoke_jax.training.sigma0 import choose_sigma0 as choose_sigma0
     from bespoke_jax.truth.adaptive import GroundTruth as GroundTruth
     from bespoke_jax.truth.adaptive import ground_truth as ground_truth
     from bespoke_jax.truth.data import TrainingData as TrainingData

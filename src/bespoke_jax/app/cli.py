@@ -25,7 +25,11 @@ from bespoke_jax.app.defaults import (
 # bj.solvers.NAMES: the baselines a BNS solver can start from.
 BNS_INITS = ("euler", "midpoint", "heun", "rk4", "ipndm", "ddim", "dpm_solver_pp", "unipc", "edm")
 BST_BASES = ("rk1", "rk2")  # the base Runge-Kutta methods of bj.bst
-OPTIMIZERS = {"bns": "Prodigy", "bst": "Adam"}  # defaults.optimizer_name of each family
+OPTIMIZERS = {
+    "bns": "Prodigy",
+    "bst": "Adam",
+    "grid": "Adam",
+}  # defaults.optimizer_name of each family
 
 _MODEL_HELP = (
     "A shipped model ('digits', 'checkerboard') or an entry point 'module:function' "
@@ -129,6 +133,24 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
     click.echo(f"Report: {result.report} ({result.wall_s:.0f} s)")
 
 
+def _sigma0(sigma0, family, user, nfe, init, settings):
+    """``--sigma0`` as a number, or chosen on the validation set (then also returned) for
+    ``auto``; ``(sigma0, validation set or None)``."""
+    if sigma0 is None or sigma0 != "auto":
+        try:
+            return (None if sigma0 is None else float(sigma0)), None
+        except ValueError:
+            raise ValueError(f"--sigma0 must be a number or 'auto', got {sigma0!r}.") from None
+    if family != "bns":
+        raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
+    from bespoke_jax.app import jobs
+
+    val = jobs.validation_set(user, settings)
+    choice = jobs.auto_sigma0(user, nfe, init, val)
+    click.echo(f"sigma0 auto: chose {choice.sigma0:g}")
+    return choice.sigma0, val
+
+
 @main.command(name="train")
 @_model_option(required=True)
 @click.option("--family", type=click.Choice(FAMILY_NAMES), default="bns", show_default=True)
@@ -138,12 +160,14 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
     type=click.Choice(BNS_INITS + BST_BASES),
     metavar="NAME",
     help=f"BNS: the baseline it starts from, one of {', '.join(BNS_INITS)} [midpoint]; "
-    f"BST: its base, {' or '.join(BST_BASES)} [rk2].",
+    f"BST: its base, {' or '.join(BST_BASES)} [rk2]; grid: the baseline whose time grid is "
+    "learned [dpm_solver_pp].",
 )
 @click.option(
     "--sigma0",
-    type=float,
-    help=f"BNS preconditioning (digits at guidance {DEFAULT_GUIDANCE:g}: {DEMO_SIGMA0:g}) [1].",
+    help=f"BNS preconditioning: a number, or 'auto' for the best untrained validation PSNR "
+    f"among a few (bj.choose_sigma0) (digits at guidance {DEFAULT_GUIDANCE:g}: "
+    f"{DEMO_SIGMA0:g}) [1].",
 )
 @_guidance_option
 @_steps_option
@@ -179,10 +203,11 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
         from bespoke_jax.app.user_model import load_model
 
         user = load_model(model, guidance=guidance)
-        solver = jobs.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
         given = {name: value for name, value in options.items() if value is not None}
         settings = dataclasses.replace(QUICK if quick else Settings(), **given)
-        trained = jobs.train_solver(user, solver, out, settings)
+        sigma0, val = _sigma0(sigma0, family, user, nfe, init, settings)
+        solver = jobs.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
+        trained = jobs.train_solver(user, solver, out, settings, val=val)
     optimizer = optimizer_name(solver, settings.learning_rate)
     click.echo(
         f"Saved {trained.label} to {trained.path}: validation PSNR "

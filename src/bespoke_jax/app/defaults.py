@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 # The learned solver families the command line trains (bj.FAMILIES).
-FAMILY_NAMES = ("bns", "bst")
+FAMILY_NAMES = ("bns", "bst", "grid")
 # Classifier-free guidance of the shipped conditional model when none is asked for: the
 # demo's setting, where learned solvers gain the most over the baselines.
 DEFAULT_GUIDANCE = 2.0

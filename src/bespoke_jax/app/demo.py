@@ -28,13 +28,6 @@ from bespoke_jax.app.report import DemoRecord, DemoSetup, LearnedSolver, write_d
 from bespoke_jax.app.user_model import UserModel, load_model
 from bespoke_jax.io.storage import export_solver, save_solver
 
-# Keys of an export (``bj.export_solver``) that are not the learned coefficients: the format's
-# header and the grid in model time with its noise levels.
-_NOT_COEFFICIENTS = frozenset(
-    {"format", "format_version", "package_version", "family", "nfe", "metadata", "scheduler"}
-    | {"times", "alpha", "sigma", "sigmas", "timesteps"}
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class DemoResult:
@@ -210,8 +203,6 @@ def _save(out_dir: Path, model: UserModel, trained: jobs.Trained, test_psnr: flo
         history=result.history,
         times=np.asarray(record["times"]),
         coefficients={
-            key: np.asarray(value)
-            for key, value in record.items()
-            if key not in _NOT_COEFFICIENTS and isinstance(value, float | int | list)
+            key: np.asarray(value) for key, value in family.coefficients(result.params).items()
         },
     )

@@ -29,9 +29,11 @@ from bespoke_jax.app.user_model import UserModel, load_model
 from bespoke_jax.core.metrics import psnr
 from bespoke_jax.families.bns import bns
 from bespoke_jax.families.bst import BASES, bst
+from bespoke_jax.families.grid import learned_grid
 from bespoke_jax.io.cache import cached_training_data
 from bespoke_jax.io.storage import export_solver, load_solver, save_solver
 from bespoke_jax.training.loop import TrainResult, train
+from bespoke_jax.training.sigma0 import Sigma0Choice, choose_sigma0
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.sharded import sharded_training_data
 
@@ -47,11 +49,12 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
     """A learned solver family from command-line options (``None``: the family's default).
 
     Args:
-      family: ``"bns"`` or ``"bst"``.
+      family: ``"bns"``, ``"bst"`` or ``"grid"``.
       nfe: model calls per sample.
       init: BNS: the baseline it starts from (``bj.solvers.NAMES``); BST: its base, ``"rk1"``
-        or ``"rk2"`` (default ``"rk2"``).
-      sigma0: BNS preconditioning; not a BST option.
+        or ``"rk2"`` (default ``"rk2"``); grid: the baseline whose time grid is learned
+        (default ``"dpm_solver_pp"``).
+      sigma0: BNS preconditioning; not an option of the other families.
       scheduler: the model's scheduler (BNS preconditioning and exponential inits need it).
 
     Raises:
@@ -63,10 +66,12 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
     inits = BASES if family == "bst" else solvers.NAMES
     if init is not None and init not in inits:
         raise ValueError(f"--family {family} takes --init {' | '.join(inits)}, not {init!r}.")
+    if family != "bns" and sigma0 is not None:
+        raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
     if family == "bst":
-        if sigma0 is not None:
-            raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
         return bst(nfe, base=init or "rk2")
+    if family == "grid":
+        return learned_grid(nfe, solver=init or "dpm_solver_pp", scheduler=scheduler)
     options = {"init": init, "sigma0": sigma0}
     return bns(nfe, scheduler=scheduler, **{k: v for k, v in options.items() if v is not None})
 
@@ -233,12 +238,42 @@ def metadata(model: UserModel, trained: Trained, **extra) -> dict:
     }
 
 
+def validation_set(model: UserModel, settings: Settings) -> NoiseSet:
+    """The validation noise of ``settings`` and its ground truth."""
+    log(f"ground truth of {settings.n_val} validation samples")
+    return noise_set(model, settings.n_val, VAL, settings)
+
+
+def auto_sigma0(model: UserModel, nfe: int, init, val: NoiseSet) -> Sigma0Choice:
+    """``bj.choose_sigma0`` for BNS from ``init`` (default midpoint) on the validation set."""
+    choice = choose_sigma0(
+        model.velocity,
+        val.x0,
+        nfe=nfe,
+        init=init or "midpoint",
+        scheduler=model.scheduler,
+        args=val.args,
+        x1_val=val.data.x1,
+        data_range=model.data_range,
+    )
+    scores = ", ".join(f"{c:g}: {p:.2f}" for c, p in choice.psnr.items())
+    log(f"sigma0 auto: {choice.sigma0:g} (untrained validation PSNR [dB] {scores})")
+    return choice
+
+
 def train_solver(
-    model: UserModel, family, out, settings: Settings | None = None, *, progress=True
+    model: UserModel,
+    family,
+    out,
+    settings: Settings | None = None,
+    *,
+    progress=True,
+    val: NoiseSet | None = None,
 ) -> Trained:
     """Train ``family`` on ``model`` and save it to the directory ``out``.
 
-    ``settings`` default to ``Settings()``.
+    ``settings`` default to ``Settings()``; ``val`` is the validation set when already solved
+    (``validation_set``).
 
     Returns:
       The trained solver, with ``path`` the directory written.
@@ -246,8 +281,7 @@ def train_solver(
     settings = Settings() if settings is None else settings
     sets = TrainingSets(model, settings)
     sets.get(family.save_ts)
-    log(f"ground truth of {settings.n_val} validation samples")
-    val = noise_set(model, settings.n_val, VAL, settings)
+    val = validation_set(model, settings) if val is None else val
     trained = fit(model, family, sets, val, progress=progress)
     path = save_solver(out, family, trained.result.params, metadata(model, trained))
     log(f"saved {trained.label} to {path}")

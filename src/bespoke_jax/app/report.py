@@ -103,7 +103,7 @@ class LearnedSolver:
       model_calls: sample-forwards spent, ground truth included.
       history: ``{"step", "val_psnr"}`` lists of the validations.
       times: the ``nfe + 1`` model times of its grid.
-      coefficients: its decoded coefficients (arrays and scalars, as ``bj.export_solver``).
+      coefficients: its decoded coefficients (``family.coefficients``).
     """
 
     label: str

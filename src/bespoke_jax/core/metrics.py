@@ -19,3 +19,9 @@ def rmse(x, y):
 def psnr(x, y, data_range: float = 2.0):
     """``mean_b 10 log10(R^2 / mean_d (x_b - y_b)^2)``; R = ``data_range`` (2 for [-1, 1] data)."""
     return jnp.mean(10.0 * jnp.log10(data_range**2 / per_sample_mse(x, y)))
+
+
+def log_mse(x, y):
+    """``mean_b log(mean_d (x_b - y_b)^2)``: the BNS training loss (eq. 13), minus PSNR up to
+    an affine map (``psnr = 10 log10(R^2) - (10 / log 10) log_mse`` sample by sample)."""
+    return jnp.mean(jnp.log(per_sample_mse(x, y)))

@@ -1,1 +1,1 @@
-"""Learned solver families: the protocol, BST, BNS and the registry by name."""
+"""Learned solver families: the protocol, BST, BNS, learned grids and the registry by name."""

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bespoke_jax.core.metrics import per_sample_mse
+from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.core.transforms import precondition
 from bespoke_jax.solvers.ns_coefficients import NSCoefficients, ns_coefficients
@@ -131,20 +131,11 @@ class BNS:
         return {"grid": ts, "a": a, "b": b}
 
     def export(self, params) -> dict:
-        """The coefficients as plain lists for ``export_solver``: ``"grid", "a", "b"``,
-        ``"sigma0"``, ``"s_start"``, ``"s_end"`` (it runs ``x_0 = a_0 s_start x0``,
-        ``x_{i+1} = a_{i+1} s_start x0 + sum_{j<=i} b_ij u_j`` on the field preconditioned by
-        sigma0 and returns ``x_n / s_end``) and ``"times"``, the ``n + 1`` model times."""
-        c = {k: np.asarray(v, dtype=np.float64) for k, v in self.coefficients(params).items()}
-        times = np.append(c["grid"], 1.0)
-        s_start = s_end = 1.0
-        _, transform = self._field(lambda t, x, args: x)
-        if transform is not None:
-            times = np.asarray(transform.t(times), dtype=np.float64)
-            s_start, s_end = float(transform.s(0.0)), float(transform.s(1.0))
-        record = {k: v.tolist() for k, v in c.items()}
-        record.update(sigma0=self.sigma0, s_start=s_start, s_end=s_end, times=times.tolist())
-        return record
+        """The family's own keys for ``export_solver``: ``"grid"`` (the ``n`` solver times r of
+        the preconditioned field) and ``"sigma0"``. ``export_solver`` adds the solver itself as
+        ``"times", "a", "b"`` on the original field, the preconditioning folded in."""
+        grid = np.asarray(self.coefficients(params)["grid"], dtype=np.float64)
+        return {"grid": grid.tolist(), "sigma0": self.sigma0}
 
     def _field(self, u: Callable):
         """The field the solver integrates and the preconditioning transform (``None``: none)."""
@@ -180,8 +171,7 @@ class BNS:
 
     def loss(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
         """``E log ||x_n - x(1)||^2`` (RMS norm; BNS eq. 13 without its sign): minimise it."""
-        x1 = self.sample(params, u, batch.x0, args)
-        return jnp.mean(jnp.log(per_sample_mse(x1, batch.x1)))
+        return log_mse(self.sample(params, u, batch.x0, args), batch.x1)
 
     def config(self) -> dict:
         """The fields of ``BNS`` (``source`` is ``bns``'s ``init``; the scheduler as its config)."""

@@ -245,10 +245,9 @@ class BST:
 
     def export(self, params) -> dict:
         """The decoded coefficients as plain lists for ``export_solver``: the transform on the
-        grid, ``"r", "t", "s"`` (``m + 1``) and ``"dt", "ds"`` (``m``), and ``"times"`` (the
-        model times ``t_j``)."""
-        c = {k: np.asarray(v, np.float64).tolist() for k, v in self.coefficients(params).items()}
-        return {**c, "times": c["t"]}
+        grid, ``"r", "t", "s"`` (``m + 1``) and ``"dt", "ds"`` (``m``). ``export_solver`` adds
+        the solver itself as ``"times", "a", "b"``."""
+        return {k: np.asarray(v, np.float64).tolist() for k, v in self.coefficients(params).items()}
 
     def config(self) -> dict:
         """The fields of ``BST`` (``source`` is ``bst``'s ``base``)."""

@@ -12,9 +12,10 @@ from bespoke_jax.core.schedulers import scheduler_from_config
 from bespoke_jax.families.base import Family
 from bespoke_jax.families.bns import BNS, bns
 from bespoke_jax.families.bst import BST, bst
+from bespoke_jax.families.grid import LearnedGrid, learned_grid
 
-FAMILIES: dict[str, Callable] = {"bst": bst, "bns": bns}
-_TYPES = {cls.name: cls for cls in (BST, BNS)}
+FAMILIES: dict[str, Callable] = {"bst": bst, "bns": bns, "grid": learned_grid}
+_TYPES = {cls.name: cls for cls in (BST, BNS, LearnedGrid)}
 
 
 def family_from_config(config: dict) -> Family:

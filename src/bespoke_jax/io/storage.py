@@ -26,12 +26,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bespoke_jax.core.schedulers import Scheduler, scheduler_from_config
+from bespoke_jax.export import EXPORT_FORMAT, EXPORT_VERSION
 from bespoke_jax.families.base import Family, Params
 from bespoke_jax.families.registry import family_from_config
 from bespoke_jax.io.files import atomic_write, params_sha256
+from bespoke_jax.solvers.ns_coefficients import linear_coefficients
 
 FORMAT = "bespoke_jax.solver"
-EXPORT_FORMAT = "bespoke_jax.solver_export"
 FORMAT_VERSION = 1
 _META_FILE = "solver.json"
 _PARAMS_DIR = "params"
@@ -199,42 +200,74 @@ def load_solver(path, family: Family | str | None = None) -> tuple[Family, Param
     return built, jax.tree.map(jnp.asarray, params), record
 
 
-def _none_if_inf(values: np.ndarray) -> list:
-    return [float(v) if np.isfinite(v) else None for v in values]
+def _ns_form(family: Family, params: Params) -> dict:
+    """``times``, ``a``, ``b`` of ``family.sample(params, ...)`` on the original field.
+
+    Every family's sample is linear in ``x0`` and the velocities it receives, so reading it off
+    on a basis (``linear_coefficients``) is exact. For BNS with ``sigma0 != 1`` this folds the
+    preconditioning: a step ``xbar_{i+1} = a_{i+1} s_0 x0 + sum_j b_ij ubar_j`` with
+    ``xbar_j = s_j x_j`` and ``ubar_j = s'_j x_j + t'_j s_j u(t_j, x_j)`` gives
+    ``x_{i+1} = (a_{i+1} s_0 x0 + sum_{j<=i} b_ij (s'_j x_j + t'_j s_j u_j)) / s_{i+1}``, again a
+    combination of ``x0`` and ``u_0..u_i`` (``s_n = s(1)``: the output is ``xbar_n / s_1``).
+    """
+    with jax.enable_x64(True):  # the coefficients to float64 rounding, from float32 params
+        ns = linear_coefficients(
+            lambda u, x0: family.sample(params, u, x0), family.nfe, f"the {family.name} solver"
+        )
+    return {"times": np.append(ns.ts, 1.0).tolist(), "a": ns.a.tolist(), "b": ns.b.tolist()}
 
 
-def export_solver(
-    path, family: Family, params: Params, metadata: dict | None = None, *, scheduler=None
-) -> Path:
-    """Write a solver's decoded coefficients as plain JSON.
+def _finite_start(schedule: np.ndarray, scheduler: Scheduler) -> np.ndarray:
+    """``sigma_t / alpha_t`` at ``schedule``; where ``alpha_0 = 0`` (CondOT, cosine) the infinite
+    first level is truncated to its value at ``t = 1e-3 t_1``."""
+    t = np.array(schedule, dtype=np.float64)
+    if float(scheduler.alpha(t[0])) <= 0.0:
+        t[0] = 1e-3 * t[1]
+    return np.asarray(scheduler.sigma(t), np.float64) / np.asarray(scheduler.alpha(t), np.float64)
 
-    Every export has ``"times"``, the ``nfe + 1`` model times: where the field is evaluated,
-    then 1, and the family's coefficients (``family.export``): BST its transform on the uniform
-    grid ``r_j = j / nfe``: ``"r", "t", "s"`` (``nfe + 1``) and ``"dt", "ds"`` (``t'``, ``s'``,
-    ``nfe``). BNS ``"grid"`` (the ``nfe`` solver times r), ``"a"`` (``nfe + 1``), ``"b"``
-    (``nfe x nfe``, lower triangular) and ``"sigma0"``, ``"s_start"``, ``"s_end"``: it runs
-    ``x_0 = a_0 s_start x0``, ``x_{i+1} = a_{i+1} s_start x0 + sum_{j<=i} b_ij u_j`` on the field
-    preconditioned by sigma0 (the plain field for sigma0 = 1) and returns ``x_n / s_end``.
 
-    With a scheduler (``scheduler``, else the family's, else ``metadata["scheduler"]``) it adds,
-    at ``"times"``: ``"alpha"``, ``"sigma"``; ``"sigmas"`` = sigma_t / alpha_t, the noise levels
-    of diffusers' and k-diffusion's samplers (``null`` where alpha_t = 0); ``"timesteps"`` =
-    1000 (1 - t), the DDPM convention (t = 0 noise is timestep 1000). They carry the learned
-    grid only: the solver itself needs the coefficients above.
+def noise_levels(schedule, scheduler: Scheduler) -> dict:
+    """The learned schedule in other libraries' conventions (docs/export.md).
+
+    Args:
+      schedule: ``(N + 1,)`` increasing times from 0 to 1 (a solver's steps).
+      scheduler: the model's scheduler.
 
     Returns:
-      The file written (atomically).
+      For CondOT: ``"diffusers_flow_sigmas"`` (``1 - t_i``, ``i < N``: diffusers' flow-matching
+      schedulers append the final 0) and ``"comfyui_flow_sigmas"`` (``1 - t``, ``N + 1``). For
+      other schedulers: ``"diffusers_sigmas"`` (``sigma / alpha``, ``N + 1``, ending at 0, as
+      ``EulerDiscreteScheduler.set_timesteps(sigmas=...)`` takes them) and
+      ``"diffusers_timesteps"`` (``N``: ``scheduler.timestep(t)`` where the scheduler has one,
+      else ``1000 (1 - t)``). Always: ``"k_diffusion_sigmas"`` (``sigma / alpha``, ``N + 1``,
+      ending at 0, finite: an infinite first level is truncated as in ``_finite_start``).
     """
-    path = Path(path)
+    t = np.asarray(schedule, dtype=np.float64)
+    levels = _finite_start(t, scheduler).tolist()
+    if scheduler.name == "cond_ot":
+        flow = (1.0 - t).tolist()
+        record = {"diffusers_flow_sigmas": flow[:-1], "comfyui_flow_sigmas": flow}
+    else:
+        timestep = getattr(scheduler, "timestep", lambda t: 1000.0 * (1.0 - t))
+        timesteps = np.asarray(timestep(t[:-1]), np.float64).tolist()
+        record = {"diffusers_sigmas": levels, "diffusers_timesteps": timesteps}
+    return {**record, "k_diffusion_sigmas": levels}
+
+
+def export_record(
+    family: Family, params: Params, metadata: dict | None = None, *, scheduler=None
+) -> dict:
+    """The record ``export_solver`` writes (format version ``EXPORT_VERSION``)."""
     record = {
         "format": EXPORT_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": EXPORT_VERSION,
         "package_version": _package_version(),
         "family": _family_record(family),
         "nfe": int(family.nfe),
+        **family.export(params),
+        **_ns_form(family, params),  # the solver itself, on the model's own field
     }
-    record.update(family.export(params))
-    times = np.asarray(record["times"], dtype=np.float64)
+    schedule = np.asarray(record.pop("schedule", record["times"]), dtype=np.float64)
     metadata = dict(metadata or {})
     if scheduler is None:
         scheduler = getattr(family, "scheduler", None)
@@ -243,16 +276,40 @@ def export_solver(
     if scheduler is None and isinstance(metadata.get("scheduler"), dict):
         scheduler = scheduler_from_config(metadata["scheduler"])
     if scheduler is not None:
-        alpha = np.asarray(scheduler.alpha(times), dtype=np.float64)
-        sigma = np.asarray(scheduler.sigma(times), dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sigmas = np.where(alpha > 0, sigma / np.where(alpha > 0, alpha, 1.0), np.inf)
         record.update(
             scheduler=scheduler.to_config(),
-            alpha=alpha.tolist(),
-            sigma=sigma.tolist(),
-            sigmas=_none_if_inf(sigmas),
-            timesteps=(1000.0 * (1.0 - times)).tolist(),
+            schedule=schedule.tolist(),
+            alpha=np.asarray(scheduler.alpha(schedule), dtype=np.float64).tolist(),
+            sigma=np.asarray(scheduler.sigma(schedule), dtype=np.float64).tolist(),
+            **noise_levels(schedule, scheduler),
         )
     record["metadata"] = metadata
+    return record
+
+
+def export_solver(
+    path, family: Family, params: Params, metadata: dict | None = None, *, scheduler=None
+) -> Path:
+    """Write a solver as plain JSON for samplers outside JAX (``bespoke_jax.export.sample``).
+
+    Every export (format version 2) runs as the NS solver ``x_0 = a_0 x0``,
+    ``u_i = u(times_i, x_i)``, ``x_{i+1} = a_{i+1} x0 + sum_{j<=i} b_ij u_j`` on the model's own
+    field: ``"times"`` (``nfe + 1``: where the field is evaluated, then 1), ``"a"`` (``nfe + 1``)
+    and ``"b"`` (``nfe x nfe``, lower triangular), BNS preconditioning folded in. BST adds its
+    transform on ``r_j = j / nfe``: ``"r", "t", "s"`` (``nfe + 1``) and ``"dt", "ds"`` (``nfe``);
+    BNS its solver grid ``"grid"`` (``nfe`` times r) and ``"sigma0"``; a learned grid
+    ``"solver"``, ``"solver_options"`` and ``"grid"`` (the ``N + 1`` step times).
+
+    With a scheduler (``scheduler``, else the family's, else ``metadata["scheduler"]``) it adds
+    the ``"schedule"`` (the learned grid's steps, else ``"times"``), ``"alpha"`` and ``"sigma"``
+    there, and its noise levels in the conventions of diffusers, k-diffusion and ComfyUI
+    (``noise_levels``). Version 1 files (BNS ``a, b`` on the preconditioned field with
+    ``s_start, s_end``; ``"sigmas"``, ``"timesteps"``) are still read by
+    ``bespoke_jax.export.read_export``.
+
+    Returns:
+      The file written (atomically).
+    """
+    path = Path(path)
+    record = export_record(family, params, metadata, scheduler=scheduler)
     return atomic_write(path, _dumps(record, "metadata"))

@@ -29,7 +29,9 @@ SPECS: dict[str, SolverSpec] = {
             "dpm_solver_pp", dpm_solver_pp, order=2, rule=ONE_PER_STEP, requires_scheduler=True
         ),
         SolverSpec("unipc", unipc, order=2, rule=ONE_PER_STEP, requires_scheduler=True),
-        SolverSpec("edm", edm, order=2, rule=HEUN_FINAL_EULER, requires_scheduler=True),
+        SolverSpec(
+            "edm", edm, order=2, rule=HEUN_FINAL_EULER, requires_scheduler=True, default_grid="edm"
+        ),
     )
 }
 SOLVERS = {name: spec.fn for name, spec in SPECS.items()}

@@ -50,6 +50,7 @@ class SolverSpec:
       order: the global order of convergence of the whole solve, boundary steps included.
       rule: how NFE maps to steps.
       requires_scheduler: whether ``scheduler`` must be given.
+      default_grid: the named grid of ``grid=None``.
     """
 
     name: str
@@ -57,3 +58,4 @@ class SolverSpec:
     order: int
     rule: NFERule
     requires_scheduler: bool = False
+    default_grid: str = "uniform"

@@ -11,6 +11,7 @@ recorded points and the output).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -73,17 +74,32 @@ def ns_coefficients(
     """
     target = solver_scheduler(name, scheduler, sigma0)
     steps_for(name, nfe)
+    return linear_coefficients(
+        lambda u, x0: SOLVERS[name](u, x0, nfe=nfe, scheduler=target), nfe, name
+    )
+
+
+def linear_coefficients(sampler: Callable, nfe: int, name: str = "the sampler") -> NSCoefficients:
+    """The NS coefficients of any sampler ``sampler(u, x0) -> x1`` linear in ``x0`` and in the
+    ``nfe`` field values it receives (every baseline and learned solver of this package).
+
+    Runs it once, eagerly, on the basis of the coefficient space (see the module docstring).
+
+    Raises:
+      ValueError: a sampler that calls the field another number of times than ``nfe``, at
+        decreasing times or implicitly.
+    """
     calls = []
 
     def record(t, x, args=None):
         calls.append((float(t), np.asarray(x[0], dtype=np.float64)))
         if len(calls) > nfe:
             raise ValueError(f"{name} called the field more than nfe={nfe} times.")
-        return jnp.zeros_like(x).at[0, len(calls)].set(1.0)
+        return jnp.zeros_like(jnp.asarray(x)).at[0, len(calls)].set(1.0)
 
     with jax.disable_jit():
         basis = jnp.zeros((1, nfe + 1)).at[0, 0].set(1.0)
-        out = np.asarray(SOLVERS[name](record, basis, nfe=nfe, scheduler=target)[0], np.float64)
+        out = np.asarray(sampler(record, basis)[0], np.float64)
     if len(calls) != nfe:
         raise ValueError(f"{name} called the field {len(calls)} times, not nfe={nfe}.")
     ts = np.array([t for t, _ in calls])
