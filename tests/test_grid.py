@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import bespoke_jax as bj
 from bespoke_jax import export
 from bespoke_jax.app.cli import main
-from bespoke_jax.app.demo import make_family
+from bespoke_jax.app.jobs import make_family
 from bespoke_jax.core.outputs import data_prediction
 from bespoke_jax.solvers import SOLVERS, SPECS
 from tests.test_storage import _perturbed
