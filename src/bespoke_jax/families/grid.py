@@ -60,8 +60,8 @@ class LearnedGrid:
     renamed_keys: ClassVar[dict[str, str]] = {"solver": "source"}
 
     def __post_init__(self):
-        if isinstance(self.source_options, dict):  # as read back from solver.json
-            object.__setattr__(self, "solver_options", tuple(sorted(self.source_options.items())))
+        if isinstance(self.solver_options, dict):  # as read back from solver.json
+            object.__setattr__(self, "solver_options", tuple(sorted(self.solver_options.items())))
         if self.source not in SPECS:
             raise ValueError(f"Unknown solver {self.source!r}; valid names: {NAMES}.")
         if SPECS[self.source].requires_scheduler:
@@ -75,7 +75,7 @@ class LearnedGrid:
             probe = jax.ShapeDtypeStruct((1, 1), jnp.result_type(float))
             jax.eval_shape(lambda p, x: self.sample(p, lambda t, x, a: x, x), self.init(), probe)
         except TypeError as err:
-            options = dict(self.source_options)
+            options = dict(self.solver_options)
             raise ValueError(f"{self.source} does not take {options}: {err}.") from None
 
     @property
@@ -124,7 +124,7 @@ class LearnedGrid:
         """``bj.solvers.SOLVER(u, x0, nfe=nfe, grid=learned grid)``: exactly ``nfe`` calls."""
         grid = self.coefficients(params)["grid"].astype(jnp.result_type(x0))
         fn = SPECS[self.source].fn
-        options = dict(self.source_options)
+        options = dict(self.solver_options)
         return fn(u, x0, nfe=self.nfe, args=args, scheduler=self.scheduler, grid=grid, **options)
 
     def loss(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
@@ -138,7 +138,7 @@ class LearnedGrid:
         libraries' schedulers.
         """
         grid = np.asarray(self.coefficients(params)["grid"], np.float64).tolist()
-        options = dict(self.source_options)
+        options = dict(self.solver_options)
         return {"solver": self.source, "solver_options": options, "grid": grid, "schedule": grid}
 
     def config(self) -> dict:
@@ -149,7 +149,7 @@ class LearnedGrid:
             "solver": self.source,
             "scheduler": scheduler,
             "init_grid": self.init_grid,
-            **dict(self.source_options),
+            **dict(self.solver_options),
         }
 
 
