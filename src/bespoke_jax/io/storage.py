@@ -211,6 +211,7 @@ def _ns_form(family: Family, params: Params) -> dict:
     combination of ``x0`` and ``u_0..u_i`` (``s_n = s(1)``: the output is ``xbar_n / s_1``).
     """
     with jax.enable_x64(True):  # the coefficients to float64 rounding, from float32 params
+        params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
         ns = linear_coefficients(
             lambda u, x0: family.sample(params, u, x0), family.nfe, f"the {family.name} solver"
         )
