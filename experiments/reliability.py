@@ -286,7 +286,12 @@ def python_cases() -> list[Case]:
             lambda t: bj.bns(2).sample(bj.bns(2).init(), linear, X0.at[0, 0].set(jnp.inf)),
             "NaN or inf",
         ),
-        Case("numbers", "complex x0", lambda t: euler(linear, X0 + 1j, nfe=2), "complex"),
+        Case(
+            "numbers",
+            "complex x0",
+            lambda t: euler(linear, X0.astype(jnp.complex64), nfe=2),
+            "complex",
+        ),
         Case(
             "numbers",
             "int32 x0",
@@ -361,6 +366,196 @@ def python_cases() -> list[Case]:
     ]
 
 
+ENTRY = """import bespoke_jax as bj
+
+
+def mixture():
+    field = bj.GaussianMixture([[-1.0, -1.0], [1.0, 1.0]], [0.2] * 2, [1.0] * 2)
+    return {"velocity": field.velocity(bj.cond_ot()), "shape": (2,), "scheduler": bj.cond_ot()}
+"""
+
+
+class CommandFailed(Exception):
+    """A command's non-zero exit: its one ``Error:`` line (or what it printed instead)."""
+
+
+def _cli(*args) -> str:
+    from click.testing import CliRunner
+
+    from bespoke_jax.app.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exit_code == 0:
+        return result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    if len(errors) != 1 or result.exit_code != 2 or "Traceback" in result.output:
+        raise AssertionError(f"not one Error line with exit 2: {result.output[-300:]!r}")
+    raise CommandFailed(errors[0])
+
+
+def _entry(tmp: Path, source: str = ENTRY) -> str:
+    (tmp / "model.py").write_text(source)
+    return f"{tmp / 'model.py'}:mixture"
+
+
+def _train_args(tmp: Path, out, *more):
+    return (
+        "train",
+        "--model",
+        _entry(tmp),
+        "--nfe",
+        2,
+        "--init",
+        "euler",
+        "--quick",
+        "--out",
+        out,
+        *more,
+    )
+
+
+def _trained(tmp: Path) -> Path:
+    _cli(*_train_args(tmp, tmp / "solver"))
+    return tmp / "solver"
+
+
+def _edited_solver(tmp: Path, edit) -> Path:
+    path = _trained(tmp)
+    record = json.loads((path / "solver.json").read_text())
+    (path / "solver.json").write_text(json.dumps(edit(record)))
+    return path
+
+
+def cli_cases() -> list[Case]:
+    """The command line's cases."""
+    return [
+        Case(
+            "command line",
+            "train --out a user's folder",
+            lambda t: _cli(*_train_args(t, t)),
+            "--overwrite",
+            NOTES,
+        ),
+        Case(
+            "command line",
+            "train --out an existing file",
+            lambda t: _cli(*_train_args(t, t / "notes.txt")),
+            "never replaced",
+            NOTES,
+        ),
+        Case(
+            "command line",
+            "train --overwrite next to a user's files",
+            lambda t: _cli(*_train_args(t, t, "--overwrite")),
+            None,
+            NOTES,
+        ),
+        Case(
+            "command line",
+            "train twice, the second --resume",
+            lambda t: (_trained(t), _cli(*_train_args(t, t / "solver", "--resume"))),
+            None,
+        ),
+        Case(
+            "command line",
+            "train --resume with nothing to resume",
+            lambda t: _cli(*_train_args(t, t / "new", "--resume")),
+            "--resume",
+        ),
+        Case(
+            "command line",
+            "train --lr nan",
+            lambda t: _cli(*_train_args(t, t / "new", "--lr", "nan")),
+            "learning_rate",
+        ),
+        Case(
+            "command line",
+            "train --nfe 10000",
+            lambda t: _cli("train", "--model", "checkerboard", "--nfe", 10000, "--out", t / "new"),
+            "[1, 256]",
+        ),
+        Case(
+            "command line",
+            "demo --out a user's folder",
+            lambda t: _cli("demo", "--quick", "--nfe", 2, "--out", t),
+            "--overwrite",
+            NOTES,
+        ),
+        Case(
+            "command line",
+            "demo --overwrite over a user's report.md",
+            lambda t: _cli("demo", "--quick", "--nfe", 2, "--overwrite", "--out", t),
+            "report.md",
+            {**NOTES, "report.md": b"# mine"},
+        ),
+        Case(
+            "command line",
+            "sample --out a user's folder",
+            lambda t: _cli("sample", _trained(t), "--trust-model", "--out", t / "results"),
+            "--overwrite",
+            NOTES,
+        ),
+        Case(
+            "command line",
+            "export --out a user's file",
+            lambda t: _cli("export", _trained(t), "--out", t / "notes.txt"),
+            "--overwrite",
+            NOTES,
+        ),
+        Case(
+            "command line",
+            "eval of a recorded entry point",
+            lambda t: _cli("eval", _trained(t), "--n", 2),
+            "--trust-model",
+        ),
+        Case(
+            "command line",
+            "sample with another model",
+            lambda t: _cli("sample", _trained(t), "--model", "checkerboard", "--out", t / "s"),
+            "--force",
+        ),
+        Case(
+            "command line",
+            "entry point raising KeyError",
+            lambda t: _cli(
+                "train",
+                "--model",
+                _entry(t, "def mixture():\n    return {}['x']\n"),
+                "--nfe",
+                2,
+                "--out",
+                t / "o",
+            ),
+            "KeyError",
+        ),
+        Case(
+            "command line",
+            "entry point with a SyntaxError",
+            lambda t: _cli(
+                "train", "--model", _entry(t, "def mixture(:\n"), "--nfe", 2, "--out", t / "o"
+            ),
+            "SyntaxError",
+        ),
+        Case(
+            "command line",
+            "solver.json is a list",
+            lambda t: _cli("export", _edited_solver(t, lambda r: [r]), "--out", t / "x.json"),
+            "JSON list",
+        ),
+        Case(
+            "command line",
+            "solver.json lacks 'family'",
+            lambda t: _cli(
+                "export",
+                _edited_solver(t, lambda r: {k: v for k, v in r.items() if k != "family"}),
+                "--out",
+                t / "x.json",
+            ),
+            "lacks family",
+        ),
+    ]
+
+
 def run_case(case: Case) -> dict:
     """``{"refused", "worked", "lost", "message"}`` of one case."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -371,7 +566,7 @@ def run_case(case: Case) -> dict:
         message, raised = "", False
         try:
             case.run(tmp)
-        except (ValueError, RuntimeError, OSError, SystemExit) as err:
+        except (ValueError, RuntimeError, OSError, CommandFailed) as err:
             message, raised = str(err).splitlines()[0] if str(err) else repr(err), True
         except AssertionError as err:
             message = f"wrong result: {err}"
@@ -424,7 +619,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="also write RELIABILITY.md")
     options = parser.parse_args()
-    cases = python_cases()
+    cases = python_cases() + cli_cases()
     results = [run_case(case) for case in cases]
     text = table(cases, results)
     print(text)
