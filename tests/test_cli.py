@@ -2,9 +2,12 @@
 and one-line errors for bad input."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -19,6 +22,7 @@ from bespoke_jax.app.cli import main
 from bespoke_jax.app.defaults import optimizer_name
 from bespoke_jax.app.user_model import load_model
 from bespoke_jax.families.bst import BASES
+from bespoke_jax.io.files import params_sha256
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:mixture"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -103,7 +107,7 @@ def solver(tmp_path_factory):
 
 
 def test_eval_prints_learned_and_baselines(solver):
-    result = invoke("eval", solver, "--n", 8)
+    result = invoke("eval", solver, "--n", 8, "--model", TINY)
     assert result.exit_code == 0, result.output
     rows = {line.split("|")[1].strip() for line in result.output.splitlines() if "|" in line}
     assert {"bns-4 (saved)", "euler", "midpoint", "dpm_solver_pp"} <= rows
@@ -111,7 +115,7 @@ def test_eval_prints_learned_and_baselines(solver):
 
 
 def test_sample_writes_npy_and_grid(solver, tmp_path):
-    result = invoke("sample", solver, "--n", 6, "--out", tmp_path)
+    result = invoke("sample", solver, "--n", 6, "--out", tmp_path, "--trust-model")
     assert result.exit_code == 0, result.output
     samples = np.load(tmp_path / "samples.npy")
     assert samples.shape == (6, 2) and np.all(np.isfinite(samples))
@@ -164,3 +168,137 @@ def test_entry_point_contract(monkeypatch):
     assert (
         digits.forwards_per_call == 2 and load_model("digits", guidance=0.0).forwards_per_call == 1
     )
+
+
+# What a user owns, what a saved solver may run, interrupts and one-line errors.
+
+NOTES = {"notes.txt": b"my notes\n", "report.md": b"# mine\n"}
+
+
+def user_files(root: Path, files: dict = NOTES) -> dict:
+    """Write the user's ``files`` under ``root``; returns them as written."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return dict(files)
+
+
+def unchanged(root: Path, before: dict) -> bool:
+    return all((root / name).read_bytes() == data for name, data in before.items())
+
+
+TRAIN = ("train", "--model", TINY, "--family", "bns", "--nfe", 4, "--quick")
+DEMO = ("demo", "--quick", "--nfe", 2)
+
+
+@pytest.mark.parametrize(
+    "command, fragments",
+    [
+        (lambda out: [*TRAIN, "--out", out], ["is not empty (notes.txt", "--overwrite"]),
+        (lambda out: [*DEMO, "--out", out], ["is not empty (notes.txt", "--overwrite"]),
+        (lambda out: [*DEMO, "--overwrite", "--out", out], ["holds report.md"]),
+        (lambda out: [*TRAIN, "--out", out / "notes.txt"], ["existing file", "never replaced"]),
+        (lambda out: [*TRAIN, "--out", out / "new", "--resume"], ["--resume", "no training"]),
+        (lambda out: [*TRAIN, "--lr", "nan", "--out", out / "new"], ["learning_rate", "nan"]),
+        (lambda out: [*TRAIN, "--out", out / "notes.txt" / "x"], ["not writable"]),
+    ],
+)
+def test_users_files_are_refused_and_kept(tmp_path, command, fragments):
+    before = user_files(tmp_path)
+    result = invoke(*command(tmp_path))
+    assert_clean_error(result, *fragments)
+    assert result.exit_code == 2 and unchanged(tmp_path, before)
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+def test_sample_and_export_refuse_the_users_files(solver, tmp_path):
+    before = user_files(tmp_path, {"samples.npy": b"mine", "out.json": b"{}"})
+    trusted = ("--trust-model", "--n", 2, "--out", tmp_path)
+    assert_clean_error(invoke("sample", solver, *trusted), "is not empty", "--overwrite")
+    assert_clean_error(invoke("sample", solver, *trusted, "--overwrite"), "holds samples.npy")
+    assert_clean_error(invoke("export", solver, "--out", tmp_path / "out.json"), "--overwrite")
+    assert unchanged(tmp_path, before)
+
+
+def test_train_with_overwrite_keeps_the_users_files_and_resumes(solver, tmp_path):
+    before = user_files(tmp_path)
+    first = invoke(*TRAIN, "--out", tmp_path, "--overwrite")
+    assert first.exit_code == 0, first.output
+    again = invoke(*TRAIN, "--out", tmp_path, "--resume")  # from its final checkpoint
+    assert again.exit_code == 0, again.output
+    assert unchanged(tmp_path, before)
+    params = [bj.load_solver(path)[1] for path in (solver, tmp_path)]
+    assert params_sha256(params[0]) == params_sha256(params[1])  # the fixture's same command
+
+
+def test_a_recorded_entry_point_runs_only_when_named_or_trusted(solver, tmp_path):
+    recorded = str(Path(TINY.partition(":")[0]).resolve()) + ":mixture"
+    assert bj.load_solver(solver)[2]["model"] == recorded  # absolute, under the checksum
+    result = invoke("eval", solver, "--n", 2)
+    assert_clean_error(result, f"--model {recorded}", "--trust-model")
+    assert "--trust-model" in invoke("eval", "--help").output and "runs that Python file" in (
+        " ".join(invoke("eval", "--help").output.split())
+    )
+    result = invoke("sample", solver, "--model", "checkerboard", "--n", 2, "--out", tmp_path)
+    assert_clean_error(result, "trained for the model", recorded, "'checkerboard'", "--force")
+
+
+@pytest.mark.parametrize(
+    "source, fragments",
+    [
+        ("def mixture():\n    return {}['velocity']\n", ["raised KeyError", "'velocity'"]),
+        ("def mixture(:\n", ["raised SyntaxError"]),
+        ("raise RuntimeError('no GPU here')\n", ["raised RuntimeError", "no GPU here"]),
+    ],
+)
+def test_a_failing_entry_point_is_one_error_line(tmp_path, source, fragments):
+    (tmp_path / "broken.py").write_text(source)
+    result = invoke("train", "--model", f"{tmp_path / 'broken.py'}:mixture", "--nfe", 4,
+                    "--out", tmp_path / "out")  # fmt: skip
+    assert_clean_error(result, "broken.py", *fragments)
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda r: [r], "JSON list"),
+        (lambda r: {k: v for k, v in r.items() if k != "family"}, "lacks family"),
+    ],
+)
+def test_a_malformed_solver_json_is_one_error_line(solver, tmp_path, edit, fragment):
+    path = shutil.copytree(solver, tmp_path / "copy", ignore=shutil.ignore_patterns("checkpoints"))
+    record = json.loads((path / "solver.json").read_text())
+    (path / "solver.json").write_text(json.dumps(edit(record)))
+    result = invoke("eval", path, "--model", TINY)
+    assert_clean_error(result, "solver.json", fragment)
+    assert result.exit_code == 2
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "train", "--model", "nonexistent", "--nfe", "4",
+                                       "--out", str(tmp_path / "x")])  # fmt: skip
+    assert isinstance(result.exception, ValueError) and "Unknown model" in str(result.exception)
+
+
+def test_ctrl_c_in_train_exits_130_with_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    sizes = ["--n-train", "8", "--n-val", "4", "--batch-size", "4"]
+    command = [shutil.which("bespoke-jax"), *map(str, TRAIN[:-1]), "--steps", "1000000", *sizes]
+    command += ["--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not any(p.name.isdigit() for p in (out / "checkpoints").glob("*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+        assert "Interrupted: the last finished step is checkpointed" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    steps = [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps and max(steps) < 1000000

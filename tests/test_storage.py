@@ -56,7 +56,7 @@ def test_round_trip_is_exact(saved, name):
     assert meta["model"] == "mixture" and meta["val_psnr"] == 31.5
     assert meta["scheduler"] == bj.cond_ot().to_config()
     assert meta["nfe"] == family.nfe and meta["family"]["name"] == family.name
-    assert meta["format_version"] == 1 and meta["package_version"] == bj.__version__
+    assert meta["format_version"] == 2 and meta["package_version"] == bj.__version__
 
 
 def test_family_registry_rebuilds_every_family():
@@ -83,7 +83,9 @@ OLD_RECORDS = {
 def test_solvers_saved_with_the_old_keys_load(saved, tmp_path, name):
     path = _copy(saved, name, tmp_path)
     meta = json.loads((path / "solver.json").read_text())
-    (path / "solver.json").write_text(json.dumps({**meta, "family": OLD_RECORDS[name]}))
+    meta = {k: v for k, v in meta.items() if k != "record_sha256"}  # as version 1 wrote it
+    old = {**meta, "family": OLD_RECORDS[name], "format_version": 1}
+    (path / "solver.json").write_text(json.dumps(old))
     family, params, _ = bj.load_solver(path, FAMILIES[name])
     assert family == FAMILIES[name]
     chex.assert_trees_all_equal(params, saved[name][2])
@@ -151,8 +153,8 @@ def test_edited_checksum_or_shapes_are_refused(saved, tmp_path):
 def test_other_format_version_is_refused(saved, tmp_path):
     path = _copy(saved, "bns", tmp_path)
     record = json.loads((path / "solver.json").read_text())
-    (path / "solver.json").write_text(json.dumps({**record, "format_version": 2}))
-    with pytest.raises(ValueError, match="version 2"):
+    (path / "solver.json").write_text(json.dumps({**record, "format_version": 99}))
+    with pytest.raises(ValueError, match="version 99"):
         bj.load_solver(path)
 
 

@@ -44,19 +44,38 @@ _KEYWORD = re.compile(r"\b(" + "|".join(_FLAGS) + r")=(['\"]?)([\w.+-]+)\2")
 
 def cli_spelling(message: str) -> str:
     """``message`` with Python keywords written as this command's flags (``base='rk1'`` ->
-    ``--init rk1``)."""
+    ``--init rk1``, ``overwrite=True`` -> ``--overwrite``)."""
+    message = message.replace("overwrite=True", "--overwrite")
     return _KEYWORD.sub(lambda match: f"{_FLAGS[match[1]]} {match[3]}", message)
 
 
+class Failure(click.ClickException):
+    """A failed command: one ``Error: ...`` line, exit status 2."""
+
+    exit_code = 2
+
+
+INTERRUPTED = 130  # the shell's status of a command ended by Ctrl-C (128 + SIGINT)
+
+
 @contextlib.contextmanager
-def _clear_errors():
-    """Turn the package's input and runtime errors into one-line click errors."""
+def _clear_errors(interrupted: str = "Interrupted."):
+    """Turn every error into one ``Error:`` line naming the problem (exit 2), and Ctrl-C into
+    the ``interrupted`` line (exit 130); ``bespoke-jax --debug`` shows tracebacks instead."""
     try:
         yield
-    except ValueError as err:
-        raise click.UsageError(cli_spelling(str(err))) from None
-    except (RuntimeError, OSError) as err:
-        raise click.ClickException(cli_spelling(str(err))) from None
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        click.echo(interrupted, err=True)
+        raise SystemExit(INTERRUPTED) from None
+    except Exception as err:
+        if click.get_current_context().find_root().params.get("debug"):
+            raise
+        text = (str(err).strip().splitlines() or [""])[0]
+        if not isinstance(err, ValueError | RuntimeError | OSError):
+            text = f"{type(err).__name__}: {text} (bespoke-jax --debug ... shows where)"
+        raise Failure(cli_spelling(text)) from None
 
 
 def _model_option(required: bool):
@@ -79,9 +98,27 @@ _steps_option = click.option(
 )
 
 
+_overwrite_option = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into an existing folder that bespoke-jax did not write; its files are kept "
+    "(one under a name the command writes is refused).",
+)
+_trust_model_option = click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Run the model entry point the solver records: this imports and runs that Python file. "
+    "Without it (or --model naming it), a recorded entry point is refused.",
+)
+_force_option = click.option(
+    "--force", is_flag=True, help="Use --model although the solver was trained for another."
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bespoke-jax")
-def main():
+@click.option("--debug", is_flag=True, help="Show the traceback of an error, not one line.")
+def main(debug):
     """Learn fast few-step ODE samplers (bespoke solvers) for pre-trained flow models.
 
     \b
@@ -107,7 +144,8 @@ def main():
 @click.option(
     "--sigma0", default=DEMO_SIGMA0, show_default=True, help="BNS preconditioning sigma0."
 )
-def demo(out, nfes, steps, quick, guidance, sigma0):
+@_overwrite_option
+def demo(out, nfes, steps, quick, guidance, sigma0, overwrite):
     """Train BNS and RK2-BST solvers for the shipped digits model and write a report.
 
     Solves the ground truth once, trains one solver per family and NFE, runs every baseline
@@ -129,6 +167,7 @@ def demo(out, nfes, steps, quick, guidance, sigma0):
             quick=quick,
             guidance=guidance,
             sigma0=sigma0,
+            overwrite=overwrite,
         )
     click.echo(f"Report: {result.report} ({result.wall_s:.0f} s)")
 
@@ -188,8 +227,21 @@ def _sigma0(sigma0, family, user, nfe, init, settings):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
 @_cache_option
 @click.option("--quick", is_flag=True, help="Tiny settings for smoke tests.")
-@click.option("--out", required=True, help="The directory to save the solver in.")
-def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **options):
+@click.option(
+    "--out",
+    required=True,
+    help="The directory to save the solver in; it also keeps the training's checkpoints.",
+)
+@_overwrite_option
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted training in --out (the same command does it by itself; "
+    "this flag makes a missing checkpoint an error).",
+)
+def train_command(
+    model, family, nfe, init, sigma0, guidance, quick, out, overwrite, resume, **options
+):
     """Train a learned solver for a model and save it.
 
     \b
@@ -198,16 +250,23 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
       bespoke-jax train --model digits --guidance 0 --family bst --nfe 8 --out runs/bst8
       bespoke-jax train --model my_model.py:make --nfe 6 --steps 500 --out runs/mine
     """
-    with _clear_errors():
+    stopped = (
+        f"Interrupted: the last finished step is checkpointed in {out}; run the same command "
+        f"(or add --resume) to continue."
+    )
+    with _clear_errors(stopped):
         from bespoke_jax.app import jobs
         from bespoke_jax.app.user_model import load_model
 
+        jobs.claim_solver_out(out, overwrite=overwrite, resume=resume)
         user = load_model(model, guidance=guidance)
         given = {name: value for name, value in options.items() if value is not None}
         settings = dataclasses.replace(QUICK if quick else Settings(), **given)
         sigma0, val = _sigma0(sigma0, family, user, nfe, init, settings)
         solver = jobs.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
-        trained = jobs.train_solver(user, solver, out, settings, val=val)
+        trained = jobs.train_solver(
+            user, solver, out, settings, val=val, overwrite=overwrite, resume=resume
+        )
     optimizer = optimizer_name(solver, settings.learning_rate)
     click.echo(
         f"Saved {trained.label} to {trained.path}: validation PSNR "
@@ -224,10 +283,13 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
 @click.option("--n", type=click.IntRange(min=1), default=Settings.n_test, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test noise.")
 @_cache_option
-def eval_command(solver, model, guidance, n, seed, cache_dir):
+@_trust_model_option
+@_force_option
+def eval_command(solver, model, guidance, n, seed, cache_dir, trust_model, force):
     """PSNR of a saved solver next to every baseline at its NFE.
 
-    Uses the model and guidance saved with the solver unless --model / --guidance are given.
+    Uses the model and guidance saved with the solver unless --model / --guidance are given;
+    a recorded entry point (a Python file) runs only with --model naming it or --trust-model.
     PSNR is against a fresh adaptive ground truth of --n noise samples (the test set of --seed,
     never used in training).
 
@@ -241,7 +303,14 @@ def eval_command(solver, model, guidance, n, seed, cache_dir):
         from bespoke_jax.app.report import markdown_table
 
         result = evaluate_solver(
-            solver, model=model, guidance=guidance, n=n, seed=seed, cache_dir=cache_dir
+            solver,
+            model=model,
+            guidance=guidance,
+            n=n,
+            seed=seed,
+            cache_dir=cache_dir,
+            trust_model=trust_model,
+            force=force,
         )
     click.echo(
         f"NFE {result.nfe}, {result.n} samples, ground truth up to {result.ground_truth_nfe} "
@@ -259,7 +328,10 @@ def eval_command(solver, model, guidance, n, seed, cache_dir):
 @click.option("--seed", type=int, default=0, show_default=True)
 @_model_option(required=False)
 @_guidance_option
-def sample_command(solver, out, n, seed, model, guidance):
+@_trust_model_option
+@_force_option
+@_overwrite_option
+def sample_command(solver, out, n, seed, model, guidance, trust_model, force, overwrite):
     """Draw samples with a saved solver: samples.npy, and a grid image samples.png for images
     and 2-D points.
 
@@ -271,7 +343,17 @@ def sample_command(solver, out, n, seed, model, guidance):
     with _clear_errors():
         from bespoke_jax.app.jobs import sample_solver
 
-        written = sample_solver(solver, out, n=n, seed=seed, model=model, guidance=guidance)
+        written = sample_solver(
+            solver,
+            out,
+            n=n,
+            seed=seed,
+            model=model,
+            guidance=guidance,
+            trust_model=trust_model,
+            force=force,
+            overwrite=overwrite,
+        )
     for path in written:
         click.echo(f"Wrote {path}")
 
@@ -279,7 +361,8 @@ def sample_command(solver, out, n, seed, model, guidance):
 @main.command(name="export")
 @click.argument("solver", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="The JSON file to write.")
-def export_command(solver, out):
+@_overwrite_option
+def export_command(solver, out, overwrite):
     """Write a saved solver's learned time grid and coefficients as plain JSON.
 
     \b
@@ -289,5 +372,5 @@ def export_command(solver, out):
     with _clear_errors():
         from bespoke_jax.app.jobs import export_json
 
-        path = export_json(solver, out)
+        path = export_json(solver, out, overwrite=overwrite)
     click.echo(f"Wrote {path}")

@@ -26,7 +26,11 @@ from bespoke_jax.app.defaults import (
 )
 from bespoke_jax.app.report import DemoRecord, DemoSetup, LearnedSolver, write_demo_report
 from bespoke_jax.app.user_model import UserModel, load_model
+from bespoke_jax.io.outputs import claim_run_dir
 from bespoke_jax.io.storage import export_solver, save_solver
+
+# What a demo run writes into its folder: every other file there is left alone.
+DEMO_OUTPUTS = ("report.md", "*.png", "solvers", "ground_truth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,7 @@ def run_demo(
     sigma0: float = DEMO_SIGMA0,
     baselines: Sequence[str] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Learn BNS and RK2-BST solvers for the shipped digits model and write a report.
 
@@ -74,9 +79,12 @@ def run_demo(
       baselines: the baselines to compare with (default: every one; with ``quick``, Euler and
         midpoint).
       progress: tqdm bars during training.
+      overwrite: write into a non-empty ``out_dir`` that holds no demo run (its other files are
+        kept; one of the user's under a name in ``DEMO_OUTPUTS`` is refused).
     """
     start = time.perf_counter()
     nfes, baselines = _checked(nfes, baselines, quick)
+    claim_run_dir(out_dir, "demo", DEMO_OUTPUTS, overwrite=overwrite)
     out_dir = Path(out_dir)
     settings = dataclasses.replace(
         QUICK if quick else Settings(steps=steps), cache_dir=str(out_dir / "ground_truth")

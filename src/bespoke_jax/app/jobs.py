@@ -25,13 +25,22 @@ from bespoke_jax import solvers
 from bespoke_jax.app import figures
 from bespoke_jax.app.defaults import FAMILY_NAMES, Settings, default_steps
 from bespoke_jax.app.report import atomic_write, save_figure
+from bespoke_jax.app.trust import chosen_model
 from bespoke_jax.app.user_model import UserModel, load_model
+from bespoke_jax.core.checks import check_train_settings
 from bespoke_jax.core.metrics import psnr
 from bespoke_jax.families.bns import bns
 from bespoke_jax.families.bst import BASES, bst
 from bespoke_jax.families.grid import learned_grid
 from bespoke_jax.io.cache import cached_training_data
-from bespoke_jax.io.storage import export_solver, load_solver, save_solver
+from bespoke_jax.io.outputs import check_writable, claim_dir, claim_run_dir
+from bespoke_jax.io.storage import (
+    CHECKPOINTS_DIR,
+    export_solver,
+    load_solver,
+    save_solver,
+    solver_dir_is_ours,
+)
 from bespoke_jax.training.loop import TrainResult, train
 from bespoke_jax.training.sigma0 import Sigma0Choice, choose_sigma0
 from bespoke_jax.truth.data import TrainingData
@@ -189,8 +198,17 @@ class Trained:
         return f"{self.family.name}-{self.family.nfe}"
 
 
-def fit(model: UserModel, family, sets: TrainingSets, val: NoiseSet, *, progress=True) -> Trained:
-    """Train ``family`` on the shared ground truth of ``model`` (``bj.train``)."""
+def fit(
+    model: UserModel,
+    family,
+    sets: TrainingSets,
+    val: NoiseSet,
+    *,
+    progress=True,
+    checkpoint_dir=None,
+) -> Trained:
+    """Train ``family`` on the shared ground truth of ``model`` (``bj.train``), resumable from
+    the checkpoints in ``checkpoint_dir`` (``None``: none kept)."""
     settings = sets.settings
     train_set = sets.get(family.save_ts)
     steps = settings.steps or default_steps(family)
@@ -211,6 +229,7 @@ def fit(model: UserModel, family, sets: TrainingSets, val: NoiseSet, *, progress
         train_data=train_set.data,
         val_data=val.data,
         progress=progress,
+        checkpoint_dir=checkpoint_dir,
     )
     trained = Trained(family, result, steps, batch_size, time.perf_counter() - start)
     log(
@@ -261,6 +280,24 @@ def auto_sigma0(model: UserModel, nfe: int, init, val: NoiseSet) -> Sigma0Choice
     return choice
 
 
+def claim_solver_out(out, *, overwrite=False, resume=False) -> Path:
+    """Check the solver directory ``out`` before any work (``bj.io.outputs.claim_dir``): new,
+    empty, a saved solver or its training's checkpoints, or (``overwrite``) a folder of the
+    user's, whose files are kept. ``resume`` requires checkpoints there.
+
+    Returns:
+      Its checkpoint directory.
+    """
+    names = ("solver.json", "params", CHECKPOINTS_DIR)
+    path = check_writable(claim_dir(out, names, solver_dir_is_ours, overwrite=overwrite), "--out")
+    checkpoints = path / CHECKPOINTS_DIR
+    if resume and not checkpoints.is_dir():
+        raise ValueError(
+            f"--resume: {path} holds no training checkpoints; drop --resume to start a run."
+        )
+    return checkpoints
+
+
 def train_solver(
     model: UserModel,
     family,
@@ -269,35 +306,46 @@ def train_solver(
     *,
     progress=True,
     val: NoiseSet | None = None,
+    overwrite=False,
+    resume=False,
 ) -> Trained:
     """Train ``family`` on ``model`` and save it to the directory ``out``.
 
     ``settings`` default to ``Settings()``; ``val`` is the validation set when already solved
-    (``validation_set``).
+    (``validation_set``). The training keeps checkpoints in ``out/checkpoints``: the same call
+    after an interruption continues where it stopped and ends with the same parameters
+    (``resume``: require that there is one to continue).
 
     Returns:
       The trained solver, with ``path`` the directory written.
     """
+    checkpoints = claim_solver_out(out, overwrite=overwrite, resume=resume)
     settings = Settings() if settings is None else settings
+    check_train_settings(settings.steps, settings.learning_rate, model.data_range)
     sets = TrainingSets(model, settings)
     sets.get(family.save_ts)
     val = validation_set(model, settings) if val is None else val
-    trained = fit(model, family, sets, val, progress=progress)
-    path = save_solver(out, family, trained.result.params, metadata(model, trained))
+    trained = fit(model, family, sets, val, progress=progress, checkpoint_dir=checkpoints)
+    record = metadata(model, trained)
+    path = save_solver(out, family, trained.result.params, record, overwrite=overwrite)
     log(f"saved {trained.label} to {path}")
     return dataclasses.replace(trained, path=path)
 
 
-def solver_model(path, model: str | None = None, guidance: float | None = None):
-    """A saved solver and its model (the one in its metadata unless ``model`` is given).
+def solver_model(
+    path, model: str | None = None, guidance: float | None = None, *, trust_model=False, force=False
+):
+    """A saved solver and its model: the one it records unless ``model`` is given.
+
+    A recorded entry point (code) is run only when named again or with ``trust_model``;
+    another model than the recorded one only with ``force`` (``trust.chosen_model``).
 
     Returns:
       ``(family, params, UserModel)``.
     """
     family, params, record = load_solver(path)
-    name = model or record.get("model")
-    if name is None:
-        raise ValueError(f"{path} does not record its model: pass --model.")
+    recorded = record.get("model")
+    name = chosen_model(path, recorded, model, trust_model=trust_model, force=force)
     guidance = record.get("guidance") if guidance is None else guidance
     return family, params, load_model(name, guidance=guidance)
 
@@ -324,11 +372,19 @@ class Evaluation:
 
 
 def evaluate_solver(
-    path, *, model=None, guidance=None, n: int = 256, seed: int = 0, cache_dir=None
+    path,
+    *,
+    model=None,
+    guidance=None,
+    n: int = 256,
+    seed: int = 0,
+    cache_dir=None,
+    trust_model=False,
+    force=False,
 ) -> Evaluation:
     """PSNR of a saved solver and of every baseline at its NFE against fresh ground truth of
-    test noise set ``TEST`` of ``seed``."""
-    family, params, user = solver_model(path, model, guidance)
+    test noise set ``TEST`` of ``seed``; ``trust_model``, ``force`` as in ``solver_model``."""
+    family, params, user = solver_model(path, model, guidance, trust_model=trust_model, force=force)
     log(f"ground truth of {n} test samples of {user.name}")
     test = noise_set(user, n, TEST, Settings(seed=seed, cache_dir=cache_dir))
     x1 = sample(family, params, user, test.x0, test.args)
@@ -346,11 +402,24 @@ def save_npy(path, array) -> Path:
 
 
 def sample_solver(
-    path, out_dir, *, n: int = 64, seed: int = 0, model=None, guidance=None
+    path,
+    out_dir,
+    *,
+    n: int = 64,
+    seed: int = 0,
+    model=None,
+    guidance=None,
+    trust_model=False,
+    force=False,
+    overwrite=False,
 ) -> list[Path]:
     """Samples of a saved solver: ``samples.npy`` ``(n, *shape)`` and, for images or 2-D
-    points, ``samples.png``. Returns the paths written."""
-    family, params, user = solver_model(path, model, guidance)
+    points, ``samples.png``, into ``out_dir`` (new, empty, earlier samples, or with
+    ``overwrite`` a folder of the user's, whose other files are kept). Returns the paths
+    written; ``trust_model``, ``force`` as in ``solver_model``."""
+    names = ("samples.npy", "samples.png")
+    claim_run_dir(out_dir, "samples", names, overwrite=overwrite)
+    family, params, user = solver_model(path, model, guidance, trust_model=trust_model, force=force)
     key_x, key_args = jax.random.split(jax.random.key(seed))
     x1 = sample(family, params, user, user.noise(key_x, n), user.make_args(key_args, n))
     out_dir = Path(out_dir)
@@ -365,7 +434,8 @@ def sample_solver(
     return written
 
 
-def export_json(path, out) -> Path:
-    """The plain-JSON coefficients of a saved solver (``bj.export_solver``), written to ``out``."""
+def export_json(path, out, *, overwrite=False) -> Path:
+    """The plain-JSON coefficients of a saved solver (``bj.export_solver``), written to ``out``
+    (new, an earlier export, or any file with ``overwrite``)."""
     family, params, record = load_solver(path)
-    return export_solver(out, family, params, record)
+    return export_solver(out, family, params, record, overwrite=overwrite)

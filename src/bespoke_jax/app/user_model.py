@@ -102,16 +102,25 @@ def load_model(spec: str, *, guidance: float | None = None) -> UserModel:
     function = getattr(_import(module_name, spec), attr, None)
     if not callable(function):
         raise ValueError(f"Entry point {spec!r}: {module_name!r} has no function {attr!r}.")
-    if guidance is None:
-        made = function()
-    elif "guidance" in inspect.signature(function).parameters:
-        made = function(guidance=guidance)
-    else:
+    if guidance is not None and "guidance" not in inspect.signature(function).parameters:
         raise ValueError(
             f"Entry point {spec!r} takes no guidance: drop --guidance or give {attr} a "
             f"'guidance' keyword argument."
         )
-    return _from_record(spec, made, guidance)
+    try:
+        made = function() if guidance is None else function(guidance=guidance)
+    except Exception as err:  # the user's code: any error, named in one line
+        raise ValueError(f"Entry point {spec!r} raised {type(err).__name__}: {err}") from err
+    return _from_record(model_reference(spec), made, guidance)
+
+
+def model_reference(spec: str) -> str:
+    """``spec`` as a solver records it: a shipped name or ``module:function`` as given, a file
+    entry point with the file's absolute path (the same file wherever the solver is used)."""
+    module_name, sep, attr = spec.partition(":")
+    if sep and module_name.endswith(".py"):
+        return f"{Path(module_name).resolve()}:{attr}"
+    return spec
 
 
 def _import(module_name: str, spec: str):
@@ -129,6 +138,12 @@ def _import(module_name: str, spec: str):
         return importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(f"Entry point {spec!r}: cannot import {module_name!r} ({err}).") from None
+    except ValueError:
+        raise
+    except Exception as err:  # SyntaxError, or any error the module raises on import
+        raise ValueError(
+            f"Entry point {spec!r}: importing {module_name!r} raised {type(err).__name__}: {err}"
+        ) from err
 
 
 def _field(record, name: str, default=None):

@@ -8,6 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The largest NFE a learned family accepts: BNS holds O(nfe^2) coefficients and sampling keeps
+# all nfe velocities; learned solvers are for few steps, and 256 is far past where they help.
+MAX_LEARNED_NFE = 256
+# The largest NFE a baseline accepts: its grid and scan are O(nfe).
+MAX_NFE = 100_000
+# |w| above this is no guidance scale but an overflow waiting to happen.
+MAX_GUIDANCE = 1e3
+DATA_RANGE_HINT = " It is R of PSNR, the span of the data (2 for data in [-1, 1])."
+
 
 def require_scheduler(what: str, scheduler) -> None:
     """``ValueError`` naming the ``scheduler`` argument that ``what`` needs, when it is missing."""
@@ -26,12 +35,110 @@ def check_batch_shape(x, name: str = "x0", owner: str | None = None) -> None:
 
 
 def check_batch(x, args, name: str = "x0") -> None:
-    """``x`` is a batch ``(B, *shape)`` of finite floats."""
+    """``x`` is a non-empty batch ``(B, *shape)`` of finite real floats."""
     check_batch_shape(x, name)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+    if 0 in np.shape(x):
+        raise ValueError(f"{name} is empty (shape {np.shape(x)}): give at least one sample.")
+    dtype = jnp.result_type(x)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise ValueError(
+            f"{name} must be real floating point, got dtype {dtype} (complex): velocity fields "
+            f"here are real; pass jnp.real({name}) if that is what you mean."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must be real floating point, got dtype {dtype}: noise is continuous; pass "
+            f"{name}.astype(jnp.float32)."
+        )
+    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"{name} contains NaN or inf values.")
+    check_args(args)
+
+
+def as_noise(x, args=None, name: str = "x0") -> jax.Array:
+    """``x`` checked (``check_batch``) as a JAX array; float16 and bfloat16 become float32 (the
+    solver's state and output), other floats keep their precision."""
+    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    check_batch(x, args, name)
+    if jnp.finfo(x.dtype).bits < 32:
+        x = x.astype(jnp.float32)
+    return x
+
+
+def check_args(args) -> None:
+    """Concrete float leaves of ``args`` are finite; ``|args["guidance"]| <= MAX_GUIDANCE``."""
+    if isinstance(args, dict) and "guidance" in args:
+        w = args["guidance"]
+        if not isinstance(w, jax.core.Tracer):
+            w = np.asarray(w, dtype=np.float64)
+            if not np.all(np.abs(w) <= MAX_GUIDANCE):
+                raise ValueError(f"guidance must be finite with |w| <= {MAX_GUIDANCE:g}, got {w}.")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        if isinstance(leaf, jax.core.Tracer) or not jnp.issubdtype(
+            jnp.result_type(leaf), jnp.inexact
+        ):
+            continue
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError(f"args{jax.tree_util.keystr(path)} contains NaN or inf values.")
+
+
+def check_positive(name: str, value, hint: str = "") -> float:
+    """``value`` as a float when it is a finite positive number, else a ``ValueError``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}.{hint}")
+    return number
+
+
+def check_tolerances(rtol, atol) -> tuple[float, float]:
+    """Adaptive-solve tolerances: both finite and positive."""
+    hint = " Typical ground-truth tolerances are 1e-5."
+    return check_positive("rtol", rtol, hint), check_positive("atol", atol, hint)
+
+
+def check_count(name: str, value, low: int = 1, high: int | None = None, hint: str = "") -> int:
+    """``value`` as an int in ``[low, high]``, else a ``ValueError`` naming the bounds."""
+    integer = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not integer or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}.{hint}")
+    return int(value)
+
+
+def check_train_settings(steps, learning_rate, data_range, rtol=1e-5, atol=1e-5) -> None:
+    """``bj.train``'s numbers: ``steps >= 1``, a finite positive learning rate (when a number),
+    ``data_range > 0``, positive tolerances."""
+    if steps is not None:
+        check_count("steps", steps, hint=" It is the number of optimisation steps.")
+    if isinstance(learning_rate, int | float | np.number):
+        check_positive("learning_rate", learning_rate, " Typical Adam rates are 1e-4 to 1e-2.")
+    check_positive("data_range", data_range, DATA_RANGE_HINT)
+    check_tolerances(rtol, atol)
+
+
+def check_learned_nfe(nfe) -> None:
+    """A learned family's integer ``nfe`` within ``MAX_LEARNED_NFE`` (the rest is its own)."""
+    if isinstance(nfe, int | np.integer) and nfe > MAX_LEARNED_NFE:
+        check_count("nfe", nfe, 1, MAX_LEARNED_NFE, " Learned solvers are for few steps.")
+
+
+def checked_field(u: Callable) -> Callable:
+    """``u`` with its output shape checked against ``x`` where it is traced (free at run time)."""
+
+    def field(t, x, args):
+        out = u(t, x, args)
+        if jnp.shape(out) != jnp.shape(x):
+            raise ValueError(
+                f"The velocity field returned shape {jnp.shape(out)} for x of shape "
+                f"{jnp.shape(x)}: u(t, x, args) must return dx/dt with x's shape (a (B, 1) "
+                f"output would broadcast silently)."
+            )
+        return out
+
+    return field
 
 
 def check_save_ts(save_ts, dtype) -> np.ndarray:

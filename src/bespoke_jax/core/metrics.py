@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+
+from bespoke_jax.core.checks import DATA_RANGE_HINT, check_positive
 
 
 def per_sample_mse(x, y):
@@ -18,6 +21,8 @@ def rmse(x, y):
 
 def psnr(x, y, data_range: float = 2.0):
     """``mean_b 10 log10(R^2 / mean_d (x_b - y_b)^2)``; R = ``data_range`` (2 for [-1, 1] data)."""
+    if not isinstance(data_range, jax.core.Tracer):
+        check_positive("data_range", data_range, DATA_RANGE_HINT)
     return jnp.mean(10.0 * jnp.log10(data_range**2 / per_sample_mse(x, y)))
 
 

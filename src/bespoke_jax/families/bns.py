@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from bespoke_jax.core.checks import as_noise, check_learned_nfe, checked_field
 from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.core.transforms import precondition
@@ -64,6 +65,7 @@ class BNS:
     renamed_keys: ClassVar[dict[str, str]] = {"init": "source"}
 
     def __post_init__(self):
+        check_learned_nfe(self.nfe)
         init = ns_coefficients(self.source, self.nfe, scheduler=self.scheduler, sigma0=self.sigma0)
         object.__setattr__(self, "initial", init)
 
@@ -152,7 +154,8 @@ class BNS:
         """
         c = self.coefficients(params)
         ts, a, b = c["grid"], c["a"], c["b"]
-        field, transform = self._field(u)
+        x0 = as_noise(x0, args)
+        field, transform = self._field(checked_field(u))
         start = x0 if transform is None else transform.s(0.0) * x0
         weights = jnp.concatenate([a[1:, None], b], axis=1)
 

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from bespoke_jax.core.checks import MAX_LEARNED_NFE, as_noise, check_count, checked_field
 from bespoke_jax.core.metrics import per_sample_mse, rmse
 from bespoke_jax.core.transforms import ScaleTime
 from bespoke_jax.truth.data import TrainingData
@@ -83,8 +84,7 @@ class BST:
     def __post_init__(self):
         if self.source not in BASES:
             raise ValueError(f"Unknown base {self.source!r}; valid bases: {BASES}.")
-        if not isinstance(self.nfe, int | np.integer) or self.nfe < 1:
-            raise ValueError(f"nfe must be a positive integer, got {self.nfe!r}.")
+        check_count("nfe", self.nfe, 1, MAX_LEARNED_NFE)
         if self.nfe % _STAGES[self.source]:
             near = " or ".join(str(v) for v in (self.nfe - 1, self.nfe + 1) if v >= 2)
             raise ValueError(
@@ -191,6 +191,7 @@ class BST:
     def sample(self, params, u: Callable, x0: jax.Array, args=None) -> jax.Array:
         """``x1 (B, *shape)`` from noise ``x0 (B, *shape)`` in exactly ``nfe`` calls of ``u``."""
         c = self.coefficients(params)
+        u, x0 = checked_field(u), as_noise(x0, args)
         x1, _ = lax.scan(
             lambda x, i: (self._step(c, i, x, u, args), None), x0, jnp.arange(self.num_steps)
         )
@@ -226,6 +227,7 @@ class BST:
         fixed = lax.stop_gradient(t)
         x, v = hermite(batch.path_ts, batch.path_xs, batch.path_us, fixed)
         x = x + v * jnp.reshape(t - fixed, (-1,) + (1,) * (x.ndim - 1))
+        u = checked_field(u)
         steps = jax.vmap(lambda i, xi: self._step(c, i, xi, u, args))(
             jnp.arange(self.num_steps), x[:-1]
         )

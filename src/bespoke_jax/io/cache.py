@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 
 from bespoke_jax.core.args import take
 from bespoke_jax.io.files import array_hash, atomic_write, sha256, tree_hash
+from bespoke_jax.io.outputs import usable_cache
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.sharded import CHUNK_SIZE, sharded_training_data
 
@@ -180,6 +181,9 @@ def cached_training_data(
     Raises:
       ValueError: an entry of the same name whose contents do not match (see the module doc).
     """
+    options = dict(args=args, save_ts=save_ts, rtol=rtol, atol=atol, mesh=mesh)
+    if usable_cache(cache_dir) is None:  # not writable: warned, solved without it
+        return sharded_training_data(u, x0, chunk_size=chunk_size, **options)
     cache_dir = Path(cache_dir)
     probe_outputs = probe(u, x0, args)
     model = _probe_id(probe_outputs) if model_id is None else str(model_id)
@@ -190,9 +194,7 @@ def cached_training_data(
         path = _find(cache_dir, request) if bool(hit) else None
     if path is not None:
         return _read(path, x0, request, probe_outputs)
-    data = sharded_training_data(
-        u, x0, args=args, save_ts=save_ts, rtol=rtol, atol=atol, mesh=mesh, chunk_size=chunk_size
-    )
+    data = sharded_training_data(u, x0, chunk_size=chunk_size, **options)
     if jax.process_index() == 0:
         _write(cache_dir / _name(request), data, request, probe_outputs)
     return data

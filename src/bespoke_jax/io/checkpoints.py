@@ -19,6 +19,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from bespoke_jax.families.base import Params
+from bespoke_jax.io.outputs import MARKER, check_writable, claim_file, claim_run_dir
+
+_KIND = "checkpoints"
+LOG_FILE = "log.jsonl"
 
 
 class TrainState(NamedTuple):
@@ -37,11 +41,52 @@ class TrainState(NamedTuple):
     best_params: Params
 
 
+def checkpoints_are_ours(path) -> bool:
+    """Whether the directory ``path`` holds only checkpoints (step folders, the log, the marker)
+    that ``Checkpoints`` wrote."""
+    entries = [entry.name for entry in Path(path).iterdir()]
+
+    def step(name: str) -> bool:  # "20", or Orbax's unfinished "20.orbax-checkpoint-tmp-..."
+        return name.partition(".")[0].isdigit()
+
+    return all(step(name) or name in (MARKER, LOG_FILE) for name in entries) and any(
+        step(name) or name == MARKER for name in entries
+    )
+
+
+def _is_log(path: Path) -> bool:
+    """Whether ``path`` is a log ``train`` wrote: JSON lines, each an object with a step."""
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        return all("step" in json.loads(line) for line in lines)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def claim_log(path) -> None:
+    """The training log ``path``: new or a log ``train`` wrote, in a writable folder."""
+    if path is not None:
+        claim_file(path, _is_log, option=None)
+        check_writable(Path(path).parent, "log_path")
+
+
+def claim_checkpoint_dir(directory) -> Path:
+    """``directory`` checked (see ``Checkpoints``), created, marked and proven writable."""
+    names = ("[0-9]*", LOG_FILE)
+    return claim_run_dir(
+        directory, _KIND, names, ours=checkpoints_are_ours, option=None, what="checkpoint_dir"
+    )
+
+
 class Checkpoints:
-    """The checkpoints of one run in ``directory``, keeping the latest ``max_to_keep``."""
+    """The checkpoints of one run in ``directory``, keeping the latest ``max_to_keep``.
+
+    ``directory`` must be new, empty, or hold checkpoints written here (``checkpoints_are_ours``;
+    Orbax removes old steps there); the run's fingerprint decides whether they are this run's.
+    """
 
     def __init__(self, directory, fingerprint: dict, max_to_keep: int = 2):
-        self.directory = Path(directory).absolute()
+        self.directory = claim_checkpoint_dir(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back
         self.manager = ocp.CheckpointManager(
             self.directory,

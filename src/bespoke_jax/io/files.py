@@ -10,12 +10,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from bespoke_jax.io.outputs import user_mode
+
 
 def atomic_write(path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``; returns the path.
 
     A reader never sees half a file: the bytes land in a temporary file beside the target
-    (parent directories are created), readable by everyone (0o644), then replace it.
+    (parent directories are created) with the mode the umask gives, then replace it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,7 +26,7 @@ def atomic_write(path, data: bytes | str) -> Path:
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(raw)
-        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide the file from other users
+        user_mode(tmp, directory=False)  # mkstemp gives 0o600; follow the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,9 +15,6 @@ learned time grid in the diffusers conventions when a scheduler is known (see it
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -29,13 +26,16 @@ from bespoke_jax.core.schedulers import Scheduler, scheduler_from_config
 from bespoke_jax.export import EXPORT_FORMAT, EXPORT_VERSION
 from bespoke_jax.families.base import Family, Params
 from bespoke_jax.families.registry import family_from_config
-from bespoke_jax.io.files import atomic_write, params_sha256
+from bespoke_jax.io.checkpoints import checkpoints_are_ours
+from bespoke_jax.io.files import atomic_write, params_sha256, sha256
+from bespoke_jax.io.outputs import claim_dir, claim_file, read_record, replacing_entries
 from bespoke_jax.solvers.ns_coefficients import linear_coefficients
 
 FORMAT = "bespoke_jax.solver"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds record_sha256; every earlier version still loads
 _META_FILE = "solver.json"
 _PARAMS_DIR = "params"
+CHECKPOINTS_DIR = "checkpoints"
 RESERVED = (
     "format",
     "format_version",
@@ -45,7 +45,9 @@ RESERVED = (
     "num_params",
     "params_shapes",
     "params_sha256",
+    "record_sha256",
 )
+_REQUIRED = ("family", "params_shapes", "params_sha256")
 
 
 def _package_version() -> str:
@@ -82,34 +84,53 @@ def _family_record(family: Family) -> dict:
     return {"name": family.name, **family.config()}
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished directory ``tmp`` to ``path``, replacing what was there."""
-    if path.exists():
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-        os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+def record_sha256(record: dict) -> str:
+    """sha256 of a ``solver.json`` record's canonical JSON, without its ``record_sha256``."""
+    body = {key: value for key, value in record.items() if key != "record_sha256"}
+    return sha256(json.dumps(body, sort_keys=True).encode())
 
 
-def save_solver(path, family: Family, params: Params, metadata: dict | None = None) -> Path:
-    """Save a learned solver to the directory ``path`` (replaced when it exists).
+def is_saved_solver(path) -> bool:
+    """Whether the directory ``path`` holds a ``solver.json`` of this format (any version)."""
+    return (read_record(Path(path) / _META_FILE) or {}).get("format") == FORMAT
+
+
+def solver_dir_is_ours(path) -> bool:
+    """A saved solver, or a directory holding only the checkpoints of its training run."""
+    path = Path(path)
+    if is_saved_solver(path):
+        return True
+    entries = {entry.name for entry in path.iterdir()}
+    return entries == {CHECKPOINTS_DIR} and checkpoints_are_ours(path / CHECKPOINTS_DIR)
+
+
+def save_solver(
+    path, family: Family, params: Params, metadata: dict | None = None, *, overwrite=False
+) -> Path:
+    """Save a learned solver to the directory ``path``.
+
+    ``path`` must be new, empty or a saved solver (replaced); any other directory is refused
+    unless ``overwrite=True``, and even then only ``solver.json`` and ``params/`` are written
+    (the directory's other files are kept; one of them under those names is refused). An
+    existing file is never replaced by a directory.
 
     Args:
       path: the solver's directory.
       family: its family (``bst``, ``bns``).
       params: parameters for ``family`` (e.g. ``train(...).params``).
       metadata: JSON-serialisable facts to keep with it (schedulers are written as their
-        config); keys other than ``RESERVED``.
+        config); keys other than ``RESERVED``. ``model``: the model's reference (a shipped name
+        or an entry point with the file's absolute path), kept as data (never run on load).
+      overwrite: write into a non-empty directory that bespoke_jax did not write.
 
     Returns:
       The directory written (everything is written aside first, then moved in place).
 
     Raises:
-      ValueError: params that do not fit ``family``, reserved or non-JSON metadata.
+      ValueError: params that do not fit ``family``, reserved or non-JSON metadata, or a
+        ``path`` that holds what the user owns (see above).
     """
-    path = Path(path).absolute()
+    path = claim_dir(path, (_META_FILE, _PARAMS_DIR), solver_dir_is_ours, overwrite=overwrite)
     metadata = dict(metadata or {})
     clash = sorted(set(metadata) & set(RESERVED))
     if clash:
@@ -131,18 +152,14 @@ def save_solver(path, family: Family, params: Params, metadata: dict | None = No
         "params_sha256": params_sha256(params),
         **metadata,
     }
+    record = json.loads(_dumps(record, "metadata"))  # as it reads back
+    record["record_sha256"] = record_sha256(record)
     text = _dumps(record, "metadata")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with replacing_entries(path, (_PARAMS_DIR, _META_FILE)) as tmp:
         host = jax.tree.map(np.asarray, params)
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
             checkpointer.save(tmp / _PARAMS_DIR, args=ocp.args.StandardSave(host))
         (tmp / _META_FILE).write_text(text)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -169,12 +186,26 @@ def load_solver(path, family: Family | str | None = None) -> tuple[Family, Param
         record = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_file} is damaged: {err}.") from None
-    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+    if not isinstance(record, dict):
         raise ValueError(
-            f"{path} holds format {record.get('format')!r} version "
-            f"{record.get('format_version')!r}; this bespoke_jax "
-            f"({_package_version()}) reads {FORMAT!r} version {FORMAT_VERSION}."
+            f"{meta_file} is damaged: it holds a JSON {type(record).__name__}, not an object."
         )
+    version = record.get("format_version")
+    if record.get("format") != FORMAT or version not in range(1, FORMAT_VERSION + 1):
+        raise ValueError(
+            f"{path} holds format {record.get('format')!r} version {version!r}; this "
+            f"bespoke_jax ({_package_version()}) reads {FORMAT!r} versions 1 to {FORMAT_VERSION}."
+        )
+    missing = [key for key in _REQUIRED if key not in record]
+    if missing:
+        raise ValueError(f"{meta_file} is damaged: it lacks {', '.join(missing)}.")
+    if version >= 2 and record.get("record_sha256") != record_sha256(record):
+        raise ValueError(
+            f"{meta_file} is damaged or edited: it fails its record_sha256 checksum (which "
+            f"covers the family, the metadata and the model reference)."
+        )
+    if not isinstance(record["family"], dict):
+        raise ValueError(f"{meta_file} is damaged: its 'family' is not an object.")
     built = family_from_config(record["family"])
     if isinstance(family, str) and family != built.name:
         raise ValueError(f"{path} holds a {built.name} solver, not a {family} one.")
@@ -234,6 +265,9 @@ def noise_levels(schedule, scheduler: Scheduler) -> dict:
       schedule: ``(N + 1,)`` increasing times from 0 to 1 (a solver's steps).
       scheduler: the model's scheduler.
 
+    ``path`` must be new or an earlier export; another file is replaced only with
+    ``overwrite=True``, a directory never.
+
     Returns:
       For CondOT: ``"diffusers_flow_sigmas"`` (``1 - t_i``, ``i < N``: diffusers' flow-matching
       schedulers append the final 0) and ``"comfyui_flow_sigmas"`` (``1 - t``, ``N + 1``). For
@@ -288,8 +322,19 @@ def export_record(
     return record
 
 
+def is_export(path) -> bool:
+    """Whether the file ``path`` is a JSON export written by ``export_solver``."""
+    return (read_record(path) or {}).get("format") == EXPORT_FORMAT
+
+
 def export_solver(
-    path, family: Family, params: Params, metadata: dict | None = None, *, scheduler=None
+    path,
+    family: Family,
+    params: Params,
+    metadata: dict | None = None,
+    *,
+    scheduler=None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a solver as plain JSON for samplers outside JAX (``bespoke_jax.export.sample``).
 
@@ -308,9 +353,12 @@ def export_solver(
     ``s_start, s_end``; ``"sigmas"``, ``"timesteps"``) are still read by
     ``bespoke_jax.export.read_export``.
 
+    ``path`` must be new or an earlier export; another file is replaced only with
+    ``overwrite=True``, a directory never.
+
     Returns:
       The file written (atomically).
     """
-    path = Path(path)
+    path = claim_file(path, is_export, overwrite=overwrite)
     record = export_record(family, params, metadata, scheduler=scheduler)
     return atomic_write(path, _dumps(record, "metadata"))

@@ -50,7 +50,9 @@ def edm(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> j
       ``x1``, shape of ``x0``.
     """
     require_scheduler("edm", scheduler)
-    ts = solver_grid("edm", HEUN_FINAL_EULER, x0, nfe, grid, scheduler, default="edm")
+    u, x0, ts = solver_grid(
+        "edm", HEUN_FINAL_EULER, u, x0, nfe, grid, scheduler, args, default="edm"
+    )
     target = VE(KARRAS_SIGMA_MAX)
     ubar, transform = scheduler_change(u, scheduler, target)
     # sigma = 0 is pinned at t = 1 (no gradient through VP's infinite sigma' there)

@@ -105,7 +105,7 @@ def ddim(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> 
       ``x1``, shape of ``x0``.
     """
     require_scheduler("ddim", scheduler)
-    ts = solver_grid("ddim", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("ddim", ONE_PER_STEP, u, x0, nfe, grid, scheduler, args)
     a, coeffs = _dpm_coefficients(ts, scheduler, (1,) * (ts.shape[0] - 1))
     return _multistep_scan(_data_prediction(u, scheduler), x0, ts, a, coeffs, args)
 
@@ -185,7 +185,7 @@ def dpm_solver_pp(
     require_scheduler("dpm_solver_pp", scheduler)
     if order not in (2, 3):
         raise ValueError(f"dpm_solver_pp supports order=2 or order=3, got {order!r}.")
-    ts = solver_grid("dpm_solver_pp", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("dpm_solver_pp", ONE_PER_STEP, u, x0, nfe, grid, scheduler, args)
     steps = ts.shape[0] - 1
     orders = _step_orders(order, steps, lower_order_final and steps < 10)
     a, coeffs = _dpm_coefficients(ts, scheduler, orders)
@@ -326,7 +326,7 @@ def unipc(
     require_scheduler("unipc", scheduler)
     if order not in (1, 2, 3):
         raise ValueError(f"unipc supports order=1, 2 or 3, got {order!r}.")
-    ts = solver_grid("unipc", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("unipc", ONE_PER_STEP, u, x0, nfe, grid, scheduler, args)
     orders = _step_orders(order, ts.shape[0] - 1, lower_order_final)
     a, pred, corr, new = _unipc_coefficients(ts, scheduler, orders)
     x1_hat = _data_prediction(u, scheduler)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bespoke_jax.core.checks import check_batch_shape
+from bespoke_jax.core.checks import as_noise, checked_field
 from bespoke_jax.solvers._grids import resolve_grid
 from bespoke_jax.solvers._spec import NFERule
 
@@ -30,11 +30,17 @@ ADAMS_BASHFORTH = (
 )
 
 
-def solver_grid(name, rule, x0, nfe, grid, scheduler, default="uniform"):
-    """The ``(steps + 1,)`` grid in ``x0``'s dtype for a solver that spends ``nfe`` by ``rule``."""
-    check_batch_shape(x0, "x0", owner=name)
+def solver_grid(name, rule, u, x0, nfe, grid, scheduler, args, default="uniform"):
+    """``(field, x0, ts)`` for a solver that spends ``nfe`` by ``rule``: ``u`` with its output
+    shape checked, ``x0`` checked (float16/bfloat16 as float32) and the ``(steps + 1,)`` grid in
+    ``x0``'s dtype."""
+    try:
+        x0 = as_noise(x0, args)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
     steps = rule.steps(nfe, name)
-    return resolve_grid(grid, steps, scheduler, default).astype(jnp.result_type(x0))
+    ts = resolve_grid(grid, steps, scheduler, default).astype(x0.dtype)
+    return checked_field(u), x0, ts
 
 
 def _scan_steps(step, x0, ts):
@@ -57,7 +63,7 @@ def euler(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) ->
     Returns:
       ``x1``, the approximate solution at ``t = 1``, shape of ``x0``.
     """
-    ts = solver_grid("euler", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("euler", ONE_PER_STEP, u, x0, nfe, grid, scheduler, args)
     return _scan_steps(lambda x, t, t1: x + (t1 - t) * u(t, x, args), x0, ts)
 
 
@@ -67,7 +73,7 @@ def midpoint(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None)
     ``z = x_i + (h/2) u(t_i, x_i)``, ``x_{i+1} = x_i + h u(t_i + h/2, z)``. Arguments as in
     ``euler``; an explicit ``grid`` has ``nfe / 2 + 1`` points.
     """
-    ts = solver_grid("midpoint", TWO_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("midpoint", TWO_PER_STEP, u, x0, nfe, grid, scheduler, args)
 
     def step(x, t, t1):
         h = t1 - t
@@ -84,7 +90,7 @@ def heun(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> 
     The last ``k2`` is evaluated at ``t = 1``: the field must be finite there. Arguments as in
     ``euler``; an explicit ``grid`` has ``nfe / 2 + 1`` points.
     """
-    ts = solver_grid("heun", TWO_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("heun", TWO_PER_STEP, u, x0, nfe, grid, scheduler, args)
 
     def step(x, t, t1):
         h = t1 - t
@@ -103,7 +109,7 @@ def rk4(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> j
     is evaluated at ``t = 1``. Arguments as in ``euler``; an explicit ``grid`` has ``nfe / 4 + 1``
     points.
     """
-    ts = solver_grid("rk4", FOUR_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("rk4", FOUR_PER_STEP, u, x0, nfe, grid, scheduler, args)
 
     def step(x, t, t1):
         h = t1 - t
@@ -124,7 +130,7 @@ def ipndm(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) ->
     whatever the grid's spacing. The Euler first step limits the global order to 2. Arguments as in
     ``euler``.
     """
-    ts = solver_grid("ipndm", ONE_PER_STEP, x0, nfe, grid, scheduler)
+    u, x0, ts = solver_grid("ipndm", ONE_PER_STEP, u, x0, nfe, grid, scheduler, args)
     weights = jnp.asarray(ADAMS_BASHFORTH, dtype=ts.dtype)
 
     def step(carry, inputs):

@@ -91,10 +91,10 @@ def resolve_grid(grid, num_steps: int, scheduler: Scheduler | None = None, defau
             f"An explicit grid for {num_steps} steps must have shape ({num_steps + 1},), "
             f"got {grid.shape}."
         )
-    message = "The grid must start at 0, end at 1 and increase strictly."
+    message = "The grid must be finite, start at 0, end at 1 and increase strictly."
     if isinstance(grid, jax.core.Tracer):
-        bad = (grid[0] != 0.0) | (grid[-1] != 1.0) | jnp.any(jnp.diff(grid) <= 0.0)
+        bad = (grid[0] != 0.0) | (grid[-1] != 1.0) | ~jnp.all(jnp.diff(grid) > 0.0)
         return eqx.error_if(grid, bad, message)
-    if grid[0] != 0.0 or grid[-1] != 1.0 or np.any(np.diff(grid) <= 0.0):
+    if grid[0] != 0.0 or grid[-1] != 1.0 or not np.all(np.diff(grid) > 0.0):
         raise ValueError(f"{message} Got {grid}.")
     return jnp.asarray(grid, dtype=jnp.result_type(float))

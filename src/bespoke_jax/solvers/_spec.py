@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bespoke_jax.core.checks import MAX_NFE
+
 
 @dataclasses.dataclass(frozen=True)
 class NFERule:
@@ -37,6 +39,8 @@ class NFERule:
         steps, rest = divmod(int(nfe) + self.nfe_saved, self.nfe_per_step) if integer else (0, 0)
         if rest or steps < 1:
             raise ValueError(f"{name} cannot spend nfe={nfe!r}; valid NFE: {self.valid()}.")
+        if nfe > MAX_NFE:
+            raise ValueError(f"{name}: nfe={nfe} is above the bound of {MAX_NFE} model calls.")
         return steps
 
 

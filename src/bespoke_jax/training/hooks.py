@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from bespoke_jax.io.checkpoints import Checkpoints, TrainState
 from bespoke_jax.io.files import atomic_write
+from bespoke_jax.training.interrupt import interrupted
 
 
 @dataclasses.dataclass
@@ -101,7 +102,7 @@ class CheckpointEvery(Hook):
         self.checkpoints, self.every, self.last = checkpoints, every, last
 
     def stepped(self, state: LoopState) -> None:
-        if state.step % self.every == 0 or state.step == self.last:
+        if state.step % self.every == 0 or state.step == self.last or interrupted():
             self.checkpoints.save(state.step, state.train, state.meta())
 
     def close(self) -> None:

@@ -25,10 +25,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bespoke_jax.core.checks import check_batch
+from bespoke_jax.core.checks import as_noise, check_train_settings
 from bespoke_jax.families.base import Family, Params
-from bespoke_jax.io.checkpoints import Checkpoints, TrainState
+from bespoke_jax.io.checkpoints import Checkpoints, TrainState, claim_checkpoint_dir, claim_log
 from bespoke_jax.io.files import array_hash
+from bespoke_jax.io.outputs import usable_cache
 from bespoke_jax.training.config import TrainConfig, resolve
 from bespoke_jax.training.data import run_data
 from bespoke_jax.training.hooks import (
@@ -39,6 +40,7 @@ from bespoke_jax.training.hooks import (
     LoopState,
     ProgressBar,
 )
+from bespoke_jax.training.interrupt import deferred_interrupt, stop_if_interrupted
 from bespoke_jax.training.steps import make_update_step, make_validate_step, place_validation
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.sharded import CHUNK_SIZE, data_mesh, replicate, to_host
@@ -114,6 +116,7 @@ def run_loop(
             state.wall_s = time.perf_counter() - clock
             for hook in hooks:
                 hook.stepped(state)
+            stop_if_interrupted()  # Ctrl-C: after this step's hooks (its checkpoint)
     finally:
         for hook in hooks:
             hook.close()
@@ -145,18 +148,14 @@ def _key_data(key):
 
 
 def _check_noise(x0_train, x0_val, args, val_args) -> tuple[np.ndarray, np.ndarray]:
-    """Host copies of the noise, checked: batches of one sample shape, neither empty."""
-    x0_train, x0_val = np.asarray(x0_train), np.asarray(x0_val)
-    check_batch(jnp.asarray(x0_train), args, "x0_train")
-    check_batch(jnp.asarray(x0_val), val_args, "x0_val")
+    """Host copies of the noise, checked (``as_noise``): non-empty batches of one sample shape."""
+    x0_train = np.asarray(as_noise(x0_train, args, "x0_train"))
+    x0_val = np.asarray(as_noise(x0_val, val_args, "x0_val"))
     if x0_train.shape[1:] != x0_val.shape[1:]:
         raise ValueError(
             f"x0_train and x0_val must share a sample shape, got {x0_train.shape[1:]} and "
             f"{x0_val.shape[1:]}."
         )
-    for name, x in (("x0_train", x0_train), ("x0_val", x0_val)):
-        if x.shape[0] < 1:
-            raise ValueError(f"{name} is empty: give at least one noise sample (shape (N, ...)).")
     return x0_train, x0_val
 
 
@@ -198,6 +197,7 @@ def _hooks(family, config, state, resumed, checkpoints, log_path, on_eval, progr
     return hooks
 
 
+@deferred_interrupt
 def train(
     family: Family,
     u: Callable,
@@ -268,6 +268,11 @@ def train(
         another run.
     """
     x0_train, x0_val = _check_noise(x0_train, x0_val, args, val_args)
+    check_train_settings(steps, learning_rate, data_range, rtol, atol)
+    if checkpoint_dir is not None:  # outputs checked before any model call
+        claim_checkpoint_dir(checkpoint_dir)
+    claim_log(log_path)
+    cache_dir = usable_cache(cache_dir)
     (n, m), mesh = (x0_train.shape[0], x0_val.shape[0]), data_mesh() if mesh is None else mesh
     config = resolve(
         family, n, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
@@ -294,6 +299,7 @@ def train(
         log_path = Path(checkpoint_dir) / "log.jsonl"
     hooks = _hooks(family, config, state, resumed, checkpoints, log_path, on_eval, progress)
     train_inputs = replicate((TrainingData(*train_data[:5]), args), mesh)
+    stop_if_interrupted()
     state = run_loop(
         update, validate, state, steps=config.steps, eval_every=config.eval_every,
         train_inputs=train_inputs, val_inputs=val_inputs, hooks=hooks,

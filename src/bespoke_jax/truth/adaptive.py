@@ -18,7 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from bespoke_jax.core.args import batch_axes
-from bespoke_jax.core.checks import check_batch, check_save_ts, nonfinite_message
+from bespoke_jax.core.checks import (
+    as_noise,
+    check_count,
+    check_save_ts,
+    check_tolerances,
+    checked_field,
+    nonfinite_message,
+)
 
 # Dopri5 is FSAL: 6 new stage evaluations per step after the first.
 _EVALS_PER_STEP = 6
@@ -43,6 +50,8 @@ class GroundTruth(NamedTuple):
 
 
 def _checked(u: Callable) -> Callable:
+    u = checked_field(u)
+
     def field(t, x, args):
         out = u(t, x, args)
         return eqx.error_if(
@@ -134,8 +143,11 @@ def ground_truth(
       RuntimeError: the model returned NaN/inf (with the time where it first did) or the
         solve did not converge within ``max_steps``.
     """
-    x0 = jnp.asarray(x0)
-    check_batch(x0, args, "x0")
+    x0 = as_noise(x0, args)
+    rtol, atol = check_tolerances(rtol, atol)
+    max_steps = check_count(
+        "max_steps", max_steps, hint=" It bounds the adaptive steps per sample."
+    )
     if save_ts is not None:
         save_ts = jnp.asarray(check_save_ts(save_ts, x0.dtype))
     axes_static = BatchAxes(args, x0.shape[0]) if per_sample else None

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bespoke_jax.core.args import is_per_sample
-from bespoke_jax.core.checks import check_batch, check_save_ts
+from bespoke_jax.core.checks import as_noise, check_count, check_save_ts, check_tolerances
 from bespoke_jax.truth.adaptive import BatchAxes, model_calls, named_failure, solve_batch
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.paths import path_velocities
@@ -169,8 +169,9 @@ def sharded_training_data(
       ValueError: bad shapes, save times or ``chunk_size``.
       RuntimeError: the model returned NaN/inf or a solve did not converge.
     """
-    x0 = np.asarray(x0)
-    check_batch(jnp.asarray(x0), args, "x0")
+    x0 = np.asarray(as_noise(x0, args))
+    rtol, atol = check_tolerances(rtol, atol)
+    max_steps = check_count("max_steps", max_steps)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if save_ts is not None:
