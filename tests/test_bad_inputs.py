@@ -75,7 +75,10 @@ def saved(tmp_path_factory):
         (lambda: bj.bns(4, sigma0=0.0, scheduler=bj.cond_ot()), r"sigma0 must be positive"),
         (lambda: bj.bns(4, sigma0=2.0), r"sigma0=2.0 needs the model's `scheduler`"),
         (lambda: bj.bns(4, init="unipc"), r"init='unipc' needs the model's `scheduler`"),
-        (lambda: bj.family_from_config({"name": "dpm"}), r"known families: \['bns', 'bst'\]"),
+        (
+            lambda: bj.family_from_config({"name": "dpm"}),
+            r"known families: \['bns', 'bst', 'grid'\]",
+        ),
         # models, outputs, data
         (
             lambda: bj.to_velocity(linear, bj.cond_ot(), "score"),

@@ -142,14 +142,15 @@ class LearnedGrid:
         return {"solver": self.source, "solver_options": options, "grid": grid, "schedule": grid}
 
     def config(self) -> dict:
-        """The arguments of ``learned_grid`` (the scheduler as its config)."""
+        """The fields of ``LearnedGrid`` (``source`` is ``learned_grid``'s ``solver``; the
+        scheduler as its config)."""
         scheduler = None if self.scheduler is None else self.scheduler.to_config()
         return {
             "nfe": int(self.nfe),
-            "solver": self.source,
+            "source": self.source,
             "scheduler": scheduler,
             "init_grid": self.init_grid,
-            **dict(self.solver_options),
+            "solver_options": dict(self.solver_options),
         }
 
 
