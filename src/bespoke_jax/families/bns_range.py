@@ -1,0 +1,128 @@
+"""One BNS solver for a range of classifier-free guidance scales (MATH.md section 12).
+
+The noise and velocity weights of a BNS solver become smooth functions of the guidance scale
+``w in [w_min, w_max]``: with ``z = 2 (w - w_min) / (w_max - w_min) - 1`` each residual of ``a``
+and ``b`` is a Chebyshev series
+
+    p(w) = sum_{k<=K} c_k T_k(z),   T_0 = 1, T_1 = z, T_{k+1} = 2 z T_k - T_{k-1},
+
+all ``c_k = 0`` at ``init()``, so the source solver is reproduced at every ``w``. The time grid
+(and the preconditioning ``sigma0``, a fixed hyper-parameter) is shared by every ``w``: the model
+is called at one scalar time per step for the whole batch, as a fixed solver does, even when
+each sample has its own ``w`` (``args["guidance"]`` of shape ``(B,)``); a per-sample ``w`` then
+gives per-sample weights, combined by one batched product per step. Outside the range ``z`` is
+clamped to ``[-1, 1]``: the solver of the nearest end (with a warning when ``w`` is concrete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bespoke_jax.families.bns import BNS
+
+DEFAULT_DEGREE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BNSRange(BNS):
+    """The BNS family over a guidance range; build it with ``bns(..., guidance=(lo, hi))``.
+
+    Attributes:
+      guidance: ``(w_min, w_max)``, the range the solver serves.
+      degree: ``K``, the degree of the Chebyshev series of each weight in ``w``.
+    """
+
+    guidance: tuple[float, float] = (0.0, 1.0)
+    degree: int = DEFAULT_DEGREE
+
+    @property
+    def num_params(self) -> int:
+        """``n + 1`` grid weights and ``K + 1`` series of the ``a``, ``b`` residuals."""
+        n = self.nfe
+        return n + 1 + (self.degree + 1) * (n + 1 + n * (n + 1) // 2)
+
+    def init(self) -> dict:
+        """Zero residuals: the source solver at every ``w``."""
+        n, k = self.nfe, self.degree + 1
+        return {"grid": jnp.zeros(n + 1), "a": jnp.zeros((k, n + 1)), "b": jnp.zeros((k, n, n))}
+
+    def basis(self, w) -> jax.Array:
+        """``T_k(z(w))`` for ``k = 0..K``: ``(K + 1,)`` for a scalar ``w``, ``(B, K + 1)`` for
+        ``(B,)``; ``z`` clamped to ``[-1, 1]``."""
+        lo, hi = self.guidance
+        w = jnp.asarray(w, jnp.result_type(float))
+        z = jnp.clip(2.0 * (w - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+        terms = [jnp.ones_like(z), z]
+        while len(terms) <= self.degree:
+            terms.append(2.0 * z * terms[-1] - terms[-2])
+        return jnp.stack(terms[: self.degree + 1], axis=-1)
+
+    def solver(self, params, guidance) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The NS coefficients at ``guidance``: ``ts (n,)``, then ``a (n + 1,)``, ``b (n, n)``
+        for a scalar ``w``, ``a (B, n + 1)``, ``b (B, n, n)`` for ``(B,)``."""
+        basis = self.basis(guidance)
+
+        def at(row):
+            residuals = {
+                "grid": params["grid"],
+                "a": row @ params["a"],
+                "b": jnp.tensordot(row, params["b"], axes=1),
+            }
+            return BNS.solver(self, residuals)
+
+        if basis.ndim == 1:
+            return at(basis)
+        ts, a, b = jax.vmap(at)(basis)
+        return ts[0], a, b  # the grid does not depend on w
+
+    def guidance_of(self, args, batch_size: int) -> jax.Array:
+        """``args["guidance"]``, a scalar or ``(B,)``; warns (when concrete) outside the range."""
+        if not isinstance(args, dict) or "guidance" not in args:
+            raise ValueError(
+                f"This solver serves guidance scales in {list(self.guidance)}: pass args with a "
+                f"'guidance' entry (a scalar or one scale per sample), e.g. model.args(labels, w)."
+            )
+        w = args["guidance"]
+        if np.ndim(w) not in (0, 1) or (np.ndim(w) == 1 and np.shape(w)[0] != batch_size):
+            raise ValueError(
+                f"args['guidance'] must be a scalar or have shape ({batch_size},), got "
+                f"{np.shape(w)}."
+            )
+        self.check_guidance(w)
+        return w
+
+    def check_guidance(self, w) -> None:
+        """Warn when a concrete ``w`` lies outside the range (the solver then clamps it)."""
+        if isinstance(w, jax.core.Tracer):
+            return
+        lo, hi = self.guidance
+        values = np.asarray(w)
+        if values.size and (values.min() < lo or values.max() > hi):
+            warnings.warn(
+                f"guidance {values.min():g}..{values.max():g} lies outside this solver's range "
+                f"[{lo:g}, {hi:g}]: it samples with the coefficients of the nearest end of the "
+                f"range. Train a solver over a range that holds it.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def draw_guidance(self, key, n: int) -> jax.Array:
+        """``n`` scales i.i.d. uniform on ``[w_min, w_max]``: the training and validation draw
+        (pass them as ``args["guidance"]``, one per sample)."""
+        lo, hi = self.guidance
+        return jax.random.uniform(key, (n,), minval=lo, maxval=hi)
+
+    def sample(self, params, u: Callable, x0: jax.Array, args=None) -> jax.Array:
+        """``x1 (B, *shape)`` at ``w = args["guidance"]`` in exactly ``nfe`` calls of ``u``."""
+        w = self.guidance_of(args, x0.shape[0])
+        return self.integrate(*self.solver(params, w), u, x0, args)
+
+    def config(self) -> dict:
+        """The arguments of ``bns``, with the range and the degree."""
+        return {**super().config(), "guidance": list(self.guidance), "degree": self.degree}
