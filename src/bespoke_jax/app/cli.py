@@ -170,6 +170,12 @@ def _sigma0(sigma0, family, user, nfe, init, settings):
     f"{DEMO_SIGMA0:g}) [1].",
 )
 @_guidance_option
+@click.option(
+    "--guidance-range",
+    type=float,
+    nargs=2,
+    help="BNS: one solver for every guidance w in [W_MIN, W_MAX] (w uniform per sample).",
+)
 @_steps_option
 @click.option(
     "--n-train", type=click.IntRange(min=1), help=f"Training noise samples [{Settings.n_train}]."
@@ -189,7 +195,9 @@ def _sigma0(sigma0, family, user, nfe, init, settings):
 @_cache_option
 @click.option("--quick", is_flag=True, help="Tiny settings for smoke tests.")
 @click.option("--out", required=True, help="The directory to save the solver in.")
-def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **options):
+def train_command(
+    model, family, nfe, init, sigma0, guidance, guidance_range, quick, out, **options
+):
     """Train a learned solver for a model and save it.
 
     \b
@@ -197,16 +205,27 @@ def train_command(model, family, nfe, init, sigma0, guidance, quick, out, **opti
       bespoke-jax train --model digits --family bns --nfe 8 --sigma0 0.5 --out runs/bns8
       bespoke-jax train --model digits --guidance 0 --family bst --nfe 8 --out runs/bst8
       bespoke-jax train --model my_model.py:make --nfe 6 --steps 500 --out runs/mine
+      bespoke-jax train --model digits --nfe 8 --guidance-range 0 4 --out runs/bns8-range
     """
     with _clear_errors():
         from bespoke_jax.app import jobs
         from bespoke_jax.app.user_model import load_model
 
-        user = load_model(model, guidance=guidance)
+        if guidance_range and guidance is not None:
+            raise ValueError("Give --guidance (one scale) or --guidance-range, not both.")
+        user = load_model(model, guidance=guidance_range[1] if guidance_range else guidance)
+        if guidance_range:  # training and validation draw one w per sample over the range
+            ranged = jobs.make_family(
+                family, nfe, init=init, scheduler=user.scheduler, guidance=guidance_range
+            )
+            user = jobs.with_guidance_draws(user, ranged)
         given = {name: value for name, value in options.items() if value is not None}
         settings = dataclasses.replace(QUICK if quick else Settings(), **given)
         sigma0, val = _sigma0(sigma0, family, user, nfe, init, settings)
-        solver = jobs.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
+        solver = jobs.make_family(
+            family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler,
+            guidance=guidance_range or None,
+        )  # fmt: skip
         trained = jobs.train_solver(user, solver, out, settings, val=val)
     optimizer = optimizer_name(solver, settings.learning_rate)
     click.echo(

@@ -63,23 +63,32 @@ class BNSRange(BNS):
             terms.append(2.0 * z * terms[-1] - terms[-2])
         return jnp.stack(terms[: self.degree + 1], axis=-1)
 
+    def _at(self, params, row) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``BNS.solver`` of the residuals ``row @ c`` (``row``: basis values ``(K + 1,)``)."""
+        residuals = {
+            "grid": params["grid"],
+            "a": row @ params["a"],
+            "b": jnp.tensordot(row, params["b"], axes=1),
+        }
+        return BNS.solver(self, residuals)
+
     def solver(self, params, guidance) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The NS coefficients at ``guidance``: ``ts (n,)``, then ``a (n + 1,)``, ``b (n, n)``
         for a scalar ``w``, ``a (B, n + 1)``, ``b (B, n, n)`` for ``(B,)``."""
         basis = self.basis(guidance)
-
-        def at(row):
-            residuals = {
-                "grid": params["grid"],
-                "a": row @ params["a"],
-                "b": jnp.tensordot(row, params["b"], axes=1),
-            }
-            return BNS.solver(self, residuals)
-
         if basis.ndim == 1:
-            return at(basis)
-        ts, a, b = jax.vmap(at)(basis)
+            return self._at(params, basis)
+        ts, a, b = jax.vmap(lambda row: self._at(params, row))(basis)
         return ts[0], a, b  # the grid does not depend on w
+
+    def series(self, params) -> tuple[jax.Array, jax.Array]:
+        """Chebyshev coefficients ``A (K + 1, n + 1)``, ``B (K + 1, n, n)`` of the weights:
+        ``a(w) = sum_k A_k T_k(z)``, ``b(w) = sum_k B_k T_k(z)``."""
+        _, a, b = jax.vmap(lambda row: self._at(params, row))(jnp.eye(self.degree + 1))
+        _, a_init, b_init = self._at(params, jnp.zeros(self.degree + 1))
+        first = jnp.arange(self.degree + 1) == 0  # T_0 carries the source solver's weights
+        a = a - jnp.where(first[:, None], 0.0, a_init)
+        return a, b - jnp.where(first[:, None, None], 0.0, b_init)
 
     def guidance_of(self, args, batch_size: int) -> jax.Array:
         """``args["guidance"]``, a scalar or ``(B,)``; warns (when concrete) outside the range."""
