@@ -20,6 +20,7 @@ the plot of PSNR against ``w`` to ``docs/guidance_psnr.png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ import numpy as np
 
 import bespoke_jax as bj
 from bespoke_jax.app.report import atomic_write, save_figure
+from bespoke_jax.core.args import batch_axes
+from bespoke_jax.families.bns import BNS
+from bespoke_jax.families.bns_range import BNSRange
 from experiments.bench_bns import baselines, markdown, noise_sets
 
 matplotlib.use("Agg")
@@ -42,6 +46,7 @@ EVAL_WS = tuple(np.arange(0.0, 4.01, 0.5).tolist())
 DEDICATED_WS = (0.0, 2.0, 4.0)
 SIGMA0 = 0.5  # the demo's preconditioning for digits
 TOL = 1e-6
+GRID_DEGREE = 2  # of the grid-in-w experiment
 
 
 def train(family, u, x_train, x_val, train_args, val_args, steps, data=None):
@@ -181,6 +186,42 @@ def grid_cost(n: int = 64, repeats: int = 21) -> float:
     return median_ratio((per_sample, (t, x, args)), (shared, (t, x, args)))
 
 
+@dataclasses.dataclass(frozen=True)
+class GridInW(BNSRange):
+    """The experiment the package does not ship: the time grid, too, a Chebyshev series in
+    ``w``; with one ``w`` per sample the field is called at one time per sample (vmap over
+    single samples, as the ground truth does). Without preconditioning only."""
+
+    @property
+    def num_params(self) -> int:
+        return super().num_params + self.degree * (self.nfe + 1)
+
+    def init(self) -> dict:
+        return {**super().init(), "grid": jnp.zeros((self.degree + 1, self.nfe + 1))}
+
+    def _at(self, params, row):
+        residuals = {k: jnp.tensordot(row, v, axes=1) for k, v in params.items()}
+        return BNS.solver(self, residuals)
+
+    def solver(self, params, guidance):
+        basis = self.basis(guidance)
+        if basis.ndim == 1:
+            return self._at(params, basis)
+        return jax.vmap(lambda row: self._at(params, row))(basis)
+
+    def sample(self, params, u, x0, args=None):
+        ts, a, b = self.solver(params, self.guidance_of(args, x0.shape[0]))
+        if ts.ndim == 1:
+            return self.integrate(ts, a, b, u, x0, args)
+        axes = batch_axes(args, x0.shape[0])
+
+        def per_sample(t, x, args):
+            one = jax.vmap(lambda t, x, a: u(t, x[None], a)[0], in_axes=(0, 0, axes))
+            return one(t, x, args)
+
+        return self.integrate(ts.T, a, b, per_sample, x0, args)
+
+
 def degree_rows(degrees, steps: int, sizes=(256, 128, 128), nfe: int = 8) -> list:
     """Held-out PSNR at each ``w`` of range solvers of each Chebyshev degree, guided mixture."""
     scheduler = bj.cond_ot()
@@ -195,8 +236,10 @@ def degree_rows(degrees, steps: int, sizes=(256, 128, 128), nfe: int = 8) -> lis
     truth = {w: x1[i * sizes[2] : (i + 1) * sizes[2]] for i, w in enumerate(EVAL_WS)}
     keys = jax.random.split(jax.random.key(6))
     data, rows = {}, []
-    for degree in degrees:
-        family = bj.bns(nfe, scheduler=scheduler, guidance=RANGE, degree=degree)
+    grid_in_w = GridInW(nfe, "midpoint", 1.0, scheduler, guidance=RANGE, degree=GRID_DEGREE)
+    families = [bj.bns(nfe, scheduler=scheduler, guidance=RANGE, degree=k) for k in degrees]
+    for family in [*families, grid_in_w]:
+        degree = family.degree if type(family) is BNSRange else f"{family.degree}, grid in w"
         train_args, val_args = (
             {"guidance": family.draw_guidance(k, len(x))}
             for k, x in zip(keys, (x_train, x_val), strict=True)
@@ -241,30 +284,24 @@ def plot(rows, path) -> Path:
     return save_figure(fig, path)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, meaningless numbers")
-    parser.add_argument("--nfe", type=int, action="append", help="NFE values [8, 16]")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--n-train", type=int, default=256)
-    parser.add_argument("--degrees", type=int, nargs="*", default=[0, 1, 2, 3])
-    parser.add_argument("--out", default=str(ROOT / "runs"))
-    options = parser.parse_args(argv)
-    quick = options.quick
-    steps = 4 if quick else options.steps
-    nfes = options.nfe or ([4] if quick else [8, 16])
-    sizes = (8, 8, 8) if quick else (options.n_train, 64, 64)
-    out = Path(options.out)
-    start = time.perf_counter()
-    degrees = degree_rows(options.degrees, steps, sizes=sizes if quick else (256, 128, 128))
-    ratio = grid_cost()
-    rows, costs = digits_rows(nfes, steps, *sizes)
-    atomic_write(
-        out / "bench_guidance.json",
-        json.dumps({"rows": rows, "costs": costs, "degrees": degrees}, indent=1),
+def mixture_text(degrees, steps: int, ratio: float) -> str:
+    return "\n\n".join(
+        [
+            f"### Degree K of the series in w (guided 64-d mixture, NFE 8, {steps} steps)",
+            "Held-out PSNR (dB, R = 2) at each w; 256 training pairs with w uniform on "
+            "[0, 4], 128 validation, 128 test samples at each w. 'grid in w': the time grid, "
+            "too, a series in w (one model time per sample, vmap).",
+            markdown(degrees),
+            "### Shared time grid",
+            f"One digits call with a model time per sample (vmap over single samples; what a "
+            f"w-dependent grid needs when w varies per sample) takes {ratio:.2f}x a call with "
+            f"one time for the batch (64 samples, jitted, median of 21).",
+        ]
     )
-    figure = plot(rows, out / "guidance_psnr.png" if quick else ROOT / "docs" / "guidance_psnr.png")
-    text = "\n\n".join(
+
+
+def digits_text(rows, costs, steps: int, sizes, figure: Path) -> str:
+    return "\n\n".join(
         [
             "## One BNS solver for guidance w in [0, 4] on the digits model "
             "(held-out PSNR, dB, R = 2)",
@@ -278,16 +315,43 @@ def main(argv=None):
             "model calls: sample-forwards of the guided field (ground truth, training, "
             "validation). time / dedicated: sampling the test batch with one w per sample "
             "over a dedicated solver with one w.",
-            "### Shared time grid",
-            f"One digits call with a model time per sample (vmap; what a w-dependent grid needs "
-            f"when w varies per sample) takes {ratio:.2f}x a call with one time for the batch.",
-            f"### Degree K of the series in w (guided 64-d mixture, NFE 8, {steps} steps)",
-            markdown(degrees),
-            f"Plot: {figure.name}. Total time: {time.perf_counter() - start:.0f} s.",
+            f"Plot: {figure.name}.",
         ]
     )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, meaningless numbers")
+    parser.add_argument("--part", choices=("all", "mixture", "digits"), default="all")
+    parser.add_argument("--nfe", type=int, action="append", help="NFE values [8, 16]")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--n-train", type=int, default=256)
+    parser.add_argument("--degrees", type=int, nargs="*", default=[0, 1, 2, 3])
+    parser.add_argument("--out", default=str(ROOT / "runs"))
+    options = parser.parse_args(argv)
+    quick = options.quick
+    steps = 4 if quick else options.steps
+    nfes = options.nfe or ([4] if quick else [8, 16])
+    sizes = (8, 8, 8) if quick else (options.n_train, 64, 64)
+    out = Path(options.out)
+    start = time.perf_counter()
+    parts = []
+    if options.part in ("all", "mixture"):
+        degrees = degree_rows(options.degrees, steps, sizes=sizes if quick else (256, 128, 128))
+        parts.append(mixture_text(degrees, steps, grid_cost()))
+        atomic_write(out / "bench_guidance_mixture.json", json.dumps(degrees, indent=1))
+    if options.part in ("all", "digits"):
+        rows, costs = digits_rows(nfes, steps, *sizes)
+        atomic_write(out / "bench_guidance.json", json.dumps({"rows": rows, "costs": costs}))
+        figure = plot(
+            rows, out / "guidance_psnr.png" if quick else ROOT / "docs" / "guidance_psnr.png"
+        )
+        parts.insert(0, digits_text(rows, costs, steps, sizes, figure))
+    text = "\n\n".join([*parts, f"Total time: {time.perf_counter() - start:.0f} s."])
     print(text)
-    atomic_write(out / "bench_guidance.md", text + "\n")
+    name = "bench_guidance" if options.part == "all" else f"bench_guidance_{options.part}"
+    atomic_write(out / f"{name}.md", text + "\n")
 
 
 if __name__ == "__main__":
