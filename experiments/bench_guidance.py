@@ -90,8 +90,11 @@ def evaluate_at(family, params, u, x_test, args_at, truth) -> dict:
     return {w: float(bj.psnr(sample(params, x_test, args_at(w)), x1)) for w, x1 in truth.items()}
 
 
-def digits_rows(nfes, steps: int, n_train: int, n_val: int, n_test: int) -> tuple[list, list]:
-    """Per-``w`` PSNR rows and per-solver cost rows on the digits model."""
+def digits_rows(
+    nfes, steps: int, n_train: int, n_val: int, n_test: int, out: Path, scale: int = 3
+) -> tuple[list, list]:
+    """Per-``w`` PSNR rows and per-solver cost rows on the digits model: range solvers with
+    ``steps`` (one dedicated solver's budget) and ``scale * steps`` (all of theirs)."""
     model = bj.pretrained("digits")
     u, scheduler = model.velocity, model.scheduler
     x_train, x_val, x_test = noise_sets(model.shape, (n_train, n_val, n_test), seed=3)
@@ -110,65 +113,59 @@ def digits_rows(nfes, steps: int, n_train: int, n_val: int, n_test: int) -> tupl
     truth = {w: x1[i * n_test : (i + 1) * n_test] for i, w in enumerate(EVAL_WS)}
     print(f"ground truth at {len(EVAL_WS)} scales done", flush=True)
 
-    rows, costs = [], []
+    rows, costs, found = [], [], {}
     key_train, key_val = jax.random.split(jax.random.key(4))
     shared_data = {w: {} for w in DEDICATED_WS}
     range_data: dict = {}
+    budgets = {"range": steps, f"range, {scale}x steps": scale * steps}
     for nfe in nfes:
         base = {w: baselines(u, x_test, truth[w], nfe, scheduler, args_at(w)) for w in EVAL_WS}
         family = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler, guidance=RANGE)
         train_args = model.args(labels(n_train), family.draw_guidance(key_train, n_train))
         val_args = model.args(labels(n_val), family.draw_guidance(key_val, n_val))
-        result, wall = train(family, u, x_train, x_val, train_args, val_args, steps, range_data)
-        range_data.update(train=result.train_data, val=result.val_data)
-        ranged = evaluate_at(family, result.params, u, x_test, args_at, truth)
         per_sample = model.args(labels(n_test), jnp.linspace(*RANGE, n_test))
-        costs.append(
-            {
-                "NFE": nfe,
-                "solver": "range [0, 4]",
-                "train s": wall,
-                "model calls": result.model_calls,
-            }
-        )
-        print(f"range NFE {nfe}: {ranged}", flush=True)
-        dedicated = {}
-        for w in DEDICATED_WS:
-            fixed = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler)
-            result_w, wall_w = train(
-                fixed, u, x_train, x_val, args_at(w, n_train), args_at(w, n_val), steps,
-                shared_data[w],
-            )  # fmt: skip
-            shared_data[w].update(train=result_w.train_data, val=result_w.val_data)
-            dedicated[w] = evaluate_at(fixed, result_w.params, u, x_test, args_at, truth)
+        ranged, dedicated, params = {}, {}, {}
+        fixed = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler)
+        names = ["range", *DEDICATED_WS, f"range, {scale}x steps"]  # the longest last
+        solvers = [(name, fixed if name in DEDICATED_WS else family) for name in names]
+        for name, solver in solvers:
+            n = budgets.get(name, steps)
+            if isinstance(name, str):
+                data, fit_args = range_data, (train_args, val_args)
+            else:
+                data, fit_args = shared_data[name], (args_at(name, n_train), args_at(name, n_val))
+            result, wall = train(solver, u, x_train, x_val, *fit_args, n, data)
+            data.update(train=result.train_data, val=result.val_data)
+            values = evaluate_at(solver, result.params, u, x_test, args_at, truth)
+            params[name] = result.params
+            (ranged if isinstance(name, str) else dedicated)[name] = values
+            label = name if isinstance(name, str) else f"dedicated w = {name:g}"
             costs.append(
-                {"NFE": nfe, "solver": f"dedicated w = {w:g}", "train s": wall_w,
-                 "model calls": result_w.model_calls}
+                {"NFE": nfe, "solver": label, "steps": n, "train s": wall,
+                 "model calls": result.model_calls}
             )  # fmt: skip
-            print(f"dedicated w={w} NFE {nfe}: {dedicated[w][w]:.2f} dB", flush=True)
+            print(f"{label} NFE {nfe}: {values}", flush=True)
+            found[f"{label}, NFE {nfe}"] = {"psnr": values, **costs[-1]}
+            atomic_write(out / "bench_guidance_partial.json", json.dumps({"base": base, **found}))
         ours = jax.jit(lambda p, x, a, f=family: f.sample(p, u, x, a))
         theirs = jax.jit(lambda p, x, a, f=fixed: f.sample(p, u, x, a))
-        last = args_at(DEDICATED_WS[-1])
-        timing = median_ratio(
-            (ours, (result.params, x_test, per_sample)), (theirs, (result_w.params, x_test, last))
+        costs[-1]["time / dedicated"] = median_ratio(
+            (ours, (params["range"], x_test, per_sample)),
+            (theirs, (params[DEDICATED_WS[-1]], x_test, args_at(DEDICATED_WS[-1]))),
         )
         for w in EVAL_WS:
             best_name = max(base[w], key=base[w].get)
-            row = {
-                "NFE": nfe,
-                "w": w,
-                "range BNS": ranged[w],
-                "best baseline": base[w][best_name],
-                "(which)": best_name,
-                "range - best baseline": ranged[w] - base[w][best_name],
-            }
-            if w in dedicated:
-                row["dedicated BNS"] = dedicated[w][w]
-                row["range - dedicated"] = ranged[w] - dedicated[w][w]
+            row = {"NFE": nfe, "w": w}
+            row.update({name: values[w] for name, values in ranged.items()})
+            row.update({"best baseline": base[w][best_name], "(which)": best_name})
+            row["dedicated BNS"] = dedicated[w][w] if w in dedicated else None
             near = min(DEDICATED_WS, key=lambda d: abs(d - w))
             row["dedicated at nearest trained w"] = dedicated[near][w]
+            for name, values in ranged.items():
+                row[f"{name} - best baseline"] = values[w] - base[w][best_name]
+                if w in dedicated:
+                    row[f"{name} - dedicated"] = values[w] - dedicated[w][w]
             rows.append(row)
-        costs[-len(DEDICATED_WS) - 1]["time / dedicated"] = timing
     return rows, costs
 
 
@@ -262,11 +259,18 @@ def plot(rows, path) -> Path:
         mine = [row for row in rows if row["NFE"] == nfe]
         ws = [row["w"] for row in mine]
         (line,) = ax.plot(
-            ws, [row["range BNS"] for row in mine], "o-", label=f"range BNS, NFE {nfe}"
+            ws, [row["best baseline"] for row in mine], "--", label=f"best baseline, NFE {nfe}"
         )
-        ax.plot(ws, [row["best baseline"] for row in mine], "--", color=line.get_color(),
-                label=f"best baseline, NFE {nfe}")  # fmt: skip
-        trained = [row for row in mine if "dedicated BNS" in row]
+        ranged = [k for k in mine[0] if k.startswith("range") and " - " not in k]
+        for name, marker in zip(ranged, ("o-", "^-"), strict=True):
+            ax.plot(
+                ws,
+                [row[name] for row in mine],
+                marker,
+                color=line.get_color(),
+                label=f"{name} BNS, NFE {nfe}",
+            )
+        trained = [row for row in mine if row["dedicated BNS"] is not None]
         ax.plot(
             [row["w"] for row in trained],
             [row["dedicated BNS"] for row in trained],
@@ -305,7 +309,8 @@ def digits_text(rows, costs, steps: int, sizes, figure: Path) -> str:
         [
             "## One BNS solver for guidance w in [0, 4] on the digits model "
             "(held-out PSNR, dB, R = 2)",
-            f"{steps} steps, {sizes[0]} training pairs (w uniform on [0, 4], one per pair), "
+            f"{steps} steps (range: also 3x, the three dedicated solvers' total), {sizes[0]} "
+            "training pairs (w uniform on [0, 4], one per pair), "
             f"{sizes[1]} validation, {sizes[2]} test noise samples at each w; "
             f"sigma0 = {SIGMA0:g}; Prodigy (the BNS default); dedicated solvers: same noise, "
             "steps and optimizer, at one w.",
@@ -342,7 +347,7 @@ def main(argv=None):
         parts.append(mixture_text(degrees, steps, grid_cost()))
         atomic_write(out / "bench_guidance_mixture.json", json.dumps(degrees, indent=1))
     if options.part in ("all", "digits"):
-        rows, costs = digits_rows(nfes, steps, *sizes)
+        rows, costs = digits_rows(nfes, steps, *sizes, out)
         atomic_write(out / "bench_guidance.json", json.dumps({"rows": rows, "costs": costs}))
         figure = plot(
             rows, out / "guidance_psnr.png" if quick else ROOT / "docs" / "guidance_psnr.png"
