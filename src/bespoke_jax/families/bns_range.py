@@ -1,4 +1,4 @@
-"""One BNS solver for a range of classifier-free guidance scales (MATH.md section 12).
+"""One BNS solver for a range of classifier-free guidance scales (docs/guidance.md).
 
 The noise and velocity weights of a BNS solver become smooth functions of the guidance scale
 ``w in [w_min, w_max]``: with ``z = 2 (w - w_min) / (w_max - w_min) - 1`` each residual of ``a``
