@@ -1,12 +1,13 @@
 """Benchmark of one BNS solver for a range of guidance scales (``bj.bns(..., guidance=range)``).
 
 1. The shipped ``digits`` model: a range solver trained over ``w in [0, 4]`` (each training
-   pair with its own ``w``, i.i.d. uniform, ``family.draw_guidance``; validated on uniform
-   draws too) at NFE 8 (and 16), evaluated at ``w = 0, 0.5, ..., 4`` against each ``w``'s
-   ground truth (rtol = atol = 1e-6), next to the best baseline at each ``w`` and a dedicated
-   BNS solver trained at each of ``w = 0, 2, 4`` with the same budget (noise, steps, batch,
-   optimizer); the training cost in model calls; the sampling time of the range solver (one
-   ``w`` per sample) over the dedicated one's.
+   pair with its own ``w``, i.i.d. uniform or Chebyshev (arcsine), ``family.draw_guidance``;
+   validated on draws of the same law) at NFE 8 (and 16), evaluated at ``w = 0, 0.5, ..., 4``
+   against each ``w``'s ground truth (rtol = atol = 1e-6), next to the best baseline at each
+   ``w`` and a dedicated BNS solver trained at each of ``w = 0, 2, 4`` (noise, batch and
+   optimizer shared; the range solver with one and three times their steps); the training cost
+   in model calls; the sampling time of the range solver (one ``w`` per sample) over the
+   dedicated one's.
 2. The shared time grid: the cost of calling the network at one time per sample (what a
    ``w``-dependent grid needs with per-sample ``w``) over one time for the batch.
 3. The degree ``K`` of the Chebyshev series in ``w``, on a guided 64-d mixture (conditional: 8
@@ -116,22 +117,31 @@ def digits_rows(
     rows, costs, found = [], [], {}
     key_train, key_val = jax.random.split(jax.random.key(4))
     shared_data = {w: {} for w in DEDICATED_WS}
-    range_data: dict = {}
-    budgets = {"range": steps, f"range, {scale}x steps": scale * steps}
+    range_data: dict = {}  # ground truth by distribution of w
+    budgets = {  # (steps, distribution of w)
+        "range": (steps, "uniform"),
+        f"range, {scale}x steps": (scale * steps, "uniform"),
+        f"range, {scale}x steps, chebyshev draws": (scale * steps, "chebyshev"),
+    }
     for nfe in nfes:
         base = {w: baselines(u, x_test, truth[w], nfe, scheduler, args_at(w)) for w in EVAL_WS}
         family = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler, guidance=RANGE)
-        train_args = model.args(labels(n_train), family.draw_guidance(key_train, n_train))
-        val_args = model.args(labels(n_val), family.draw_guidance(key_val, n_val))
+        draws = {
+            kind: tuple(
+                model.args(labels(n), family.draw_guidance(key, n, kind))
+                for key, n in ((key_train, n_train), (key_val, n_val))
+            )
+            for kind in ("uniform", "chebyshev")
+        }
         per_sample = model.args(labels(n_test), jnp.linspace(*RANGE, n_test))
         ranged, dedicated, params = {}, {}, {}
         fixed = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler)
-        names = ["range", *DEDICATED_WS, f"range, {scale}x steps"]  # the longest last
+        names = ["range", *DEDICATED_WS, *list(budgets)[1:]]  # the longest last
         solvers = [(name, fixed if name in DEDICATED_WS else family) for name in names]
         for name, solver in solvers:
-            n = budgets.get(name, steps)
+            n, kind = budgets.get(name, (steps, None))
             if isinstance(name, str):
-                data, fit_args = range_data, (train_args, val_args)
+                data, fit_args = range_data.setdefault(kind, {}), draws[kind]
             else:
                 data, fit_args = shared_data[name], (args_at(name, n_train), args_at(name, n_val))
             result, wall = train(solver, u, x_train, x_val, *fit_args, n, data)
@@ -262,7 +272,7 @@ def plot(rows, path) -> Path:
             ws, [row["best baseline"] for row in mine], "--", label=f"best baseline, NFE {nfe}"
         )
         ranged = [k for k in mine[0] if k.startswith("range") and " - " not in k]
-        for name, marker in zip(ranged, ("o-", "^-"), strict=True):
+        for name, marker in zip(ranged, ("o-", "^-", "v-"), strict=True):
             ax.plot(
                 ws,
                 [row[name] for row in mine],

@@ -210,3 +210,18 @@ def test_command_line_trains_evaluates_and_samples_over_a_range(tmp_path):
         result = invoke("sample", out, "--n", 4, "--guidance", 6, "--out", tmp_path / "s")
     assert result.exit_code == 0, result.output
     assert any("[0, 4]" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize(
+    "distribution, outer",
+    # P(|z| > 0.8): 0.2 for uniform z; 1 - (2 / pi) asin(0.8) = 0.41 for z = cos(pi U)
+    [("uniform", 0.2), ("chebyshev", 1.0 - 2.0 / np.pi * np.arcsin(0.8))],
+)
+def test_draws_cover_the_range_with_their_law(family, distribution, outer):
+    w = np.asarray(family.draw_guidance(jax.random.key(7), 4000, distribution))
+    assert w.min() >= 0.0 and w.max() <= 4.0
+    z = w / 2.0 - 1.0
+    # binomial standard deviation sqrt(p (1 - p) / n) <= 0.008: 4 of them
+    assert abs(np.mean(np.abs(z) > 0.8) - outer) < 0.032
+    with pytest.raises(ValueError, match="'uniform' or 'chebyshev'"):
+        family.draw_guidance(jax.random.key(7), 4, "normal")

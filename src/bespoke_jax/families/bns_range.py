@@ -121,11 +121,24 @@ class BNSRange(BNS):
                 stacklevel=3,
             )
 
-    def draw_guidance(self, key, n: int) -> jax.Array:
-        """``n`` scales i.i.d. uniform on ``[w_min, w_max]``: the training and validation draw
-        (pass them as ``args["guidance"]``, one per sample)."""
+    def draw_guidance(self, key, n: int, distribution: str = "uniform") -> jax.Array:
+        """``n`` i.i.d. scales on ``[w_min, w_max]`` for training and validation (pass them as
+        ``args["guidance"]``, one per sample).
+
+        Args:
+          key: a PRNG key.
+          n: the number of scales.
+          distribution: ``"uniform"`` or ``"chebyshev"``: ``z = cos(pi U)``, ``U`` uniform (the
+            arcsine density ``1 / (pi sqrt(1 - z^2))``, the weight of the Chebyshev series:
+            denser at the ends of the range, where a series has the most freedom).
+        """
         lo, hi = self.guidance
-        return jax.random.uniform(key, (n,), minval=lo, maxval=hi)
+        u = jax.random.uniform(key, (n,))
+        if distribution == "uniform":
+            return lo + (hi - lo) * u
+        if distribution == "chebyshev":
+            return lo + 0.5 * (hi - lo) * (1.0 + jnp.cos(jnp.pi * u))
+        raise ValueError(f"distribution must be 'uniform' or 'chebyshev', got {distribution!r}.")
 
     def sample(self, params, u: Callable, x0: jax.Array, args=None) -> jax.Array:
         """``x1 (B, *shape)`` at ``w = args["guidance"]`` in exactly ``nfe`` calls of ``u``."""
