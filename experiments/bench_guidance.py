@@ -32,11 +32,13 @@ import matplotlib
 import numpy as np
 
 import bespoke_jax as bj
-from bespoke_jax.app.report import atomic_write, save_figure
+from bespoke_jax.app.report import save_figure
 from bespoke_jax.core.args import batch_axes
 from bespoke_jax.families.bns import BNS
 from bespoke_jax.families.bns_range import BNSRange
-from experiments.bench_bns import baselines, markdown, noise_sets
+from bespoke_jax.io.files import atomic_write
+from experiments._common import baseline_psnrs, noise_sets
+from experiments.bench_bns import RUNS, markdown
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -124,7 +126,10 @@ def digits_rows(
         f"range, {scale}x steps, chebyshev draws": (scale * steps, "chebyshev"),
     }
     for nfe in nfes:
-        base = {w: baselines(u, x_test, truth[w], nfe, scheduler, args_at(w)) for w in EVAL_WS}
+        base = {
+            w: baseline_psnrs(u, x_test, truth[w], nfe, scheduler, args_at(w), runs=RUNS)
+            for w in EVAL_WS
+        }
         family = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler, guidance=RANGE)
         draws = {
             kind: tuple(
@@ -208,25 +213,25 @@ class GridInW(BNSRange):
 
     def _at(self, params, row):
         residuals = {k: jnp.tensordot(row, v, axes=1) for k, v in params.items()}
-        return BNS.solver(self, residuals)
+        return BNS.coefficients(self, residuals)
 
-    def solver(self, params, guidance):
+    def coefficients(self, params, guidance=None):
         basis = self.basis(guidance)
         if basis.ndim == 1:
             return self._at(params, basis)
         return jax.vmap(lambda row: self._at(params, row))(basis)
 
     def sample(self, params, u, x0, args=None):
-        ts, a, b = self.solver(params, self.guidance_of(args, x0.shape[0]))
-        if ts.ndim == 1:
-            return self.integrate(ts, a, b, u, x0, args)
+        c = self.coefficients(params, self.guidance_of(args, x0.shape[0]))
+        if c["grid"].ndim == 1:
+            return self.integrate(c, u, x0, args)
         axes = batch_axes(args, x0.shape[0])
 
         def per_sample(t, x, args):
             one = jax.vmap(lambda t, x, a: u(t, x[None], a)[0], in_axes=(0, 0, axes))
             return one(t, x, args)
 
-        return self.integrate(ts.T, a, b, per_sample, x0, args)
+        return self.integrate({**c, "grid": c["grid"].T}, per_sample, x0, args)
 
 
 def degree_rows(degrees, steps: int, sizes=(256, 128, 128), nfe: int = 8) -> list:

@@ -232,7 +232,7 @@ def bns(
         if degree is not None:
             raise ValueError("degree is the degree in the guidance scale: give guidance too.")
         return BNS(nfe, init, float(sigma0), scheduler)
-    from bespoke_jax.families.bns_range import BNSRange, guidance_range
+    from bespoke_jax.families.bns_range import DEFAULT_DEGREE, BNSRange
 
-    lo, hi, degree = guidance_range(guidance, degree)
-    return BNSRange(nfe, init, float(sigma0), scheduler, guidance=(lo, hi), degree=degree)
+    degree = DEFAULT_DEGREE if degree is None else degree
+    return BNSRange(nfe, init, float(sigma0), scheduler, guidance=guidance, degree=degree)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,26 @@ class BNSRange(BNS):
 
     guidance: tuple[float, float] = (0.0, 1.0)
     degree: int = DEFAULT_DEGREE
+
+    name: ClassVar[str] = "bns_range"
+    label: ClassVar[str] = "BNS over w"
+
+    def __post_init__(self):
+        try:
+            lo, hi = (float(w) for w in self.guidance)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"guidance must be a range (w_min, w_max), got {self.guidance!r}."
+            ) from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(
+                f"guidance must be finite (w_min, w_max) with w_min < w_max, got {self.guidance!r}."
+            )
+        if not isinstance(self.degree, int | np.integer) or self.degree < 0:
+            raise ValueError(f"degree must be a non-negative int, got {self.degree!r}.")
+        object.__setattr__(self, "guidance", (lo, hi))
+        object.__setattr__(self, "degree", int(self.degree))
+        super().__post_init__()
 
     @property
     def num_params(self) -> int:
@@ -63,32 +84,60 @@ class BNSRange(BNS):
             terms.append(2.0 * z * terms[-1] - terms[-2])
         return jnp.stack(terms[: self.degree + 1], axis=-1)
 
-    def _at(self, params, row) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``BNS.solver`` of the residuals ``row @ c`` (``row``: basis values ``(K + 1,)``)."""
+    def _at(self, params, row) -> dict:
+        """``BNS.coefficients`` of the residuals ``row @ c`` (``row``: basis values
+        ``(K + 1,)``)."""
         residuals = {
             "grid": params["grid"],
             "a": row @ params["a"],
             "b": jnp.tensordot(row, params["b"], axes=1),
         }
-        return BNS.solver(self, residuals)
+        return BNS.coefficients(self, residuals)
 
-    def solver(self, params, guidance) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The NS coefficients at ``guidance``: ``ts (n,)``, then ``a (n + 1,)``, ``b (n, n)``
-        for a scalar ``w``, ``a (B, n + 1)``, ``b (B, n, n)`` for ``(B,)``."""
+    def coefficients(self, params, guidance=None) -> dict:
+        """The NS coefficients at ``guidance``: ``{"grid": ts (n,), "a", "b"}`` with ``a (n + 1,)``,
+        ``b (n, n)`` for a scalar ``w`` and ``a (B, n + 1)``, ``b (B, n, n)`` for ``(B,)``.
+
+        Without ``guidance``, the series: ``{"grid", "a_series" (K + 1, n + 1), "b_series"
+        (K + 1, n, n)}`` with ``a(w) = sum_k a_series[k] T_k(z)`` (``b`` alike).
+        """
+        if guidance is None:
+            rows = jax.vmap(lambda row: self._at(params, row))(jnp.eye(self.degree + 1))
+            source = self._at(params, jnp.zeros(self.degree + 1))
+            later = jnp.arange(self.degree + 1) > 0  # T_0 carries the source's weights
+            return {
+                "grid": source["grid"],
+                "a_series": rows["a"] - jnp.where(later[:, None], source["a"], 0.0),
+                "b_series": rows["b"] - jnp.where(later[:, None, None], source["b"], 0.0),
+            }
         basis = self.basis(guidance)
         if basis.ndim == 1:
             return self._at(params, basis)
-        ts, a, b = jax.vmap(lambda row: self._at(params, row))(basis)
-        return ts[0], a, b  # the grid does not depend on w
+        c = jax.vmap(lambda row: self._at(params, row))(basis)
+        return {**c, "grid": c["grid"][0]}  # the grid does not depend on w
 
-    def series(self, params) -> tuple[jax.Array, jax.Array]:
-        """Chebyshev coefficients ``A (K + 1, n + 1)``, ``B (K + 1, n, n)`` of the weights:
-        ``a(w) = sum_k A_k T_k(z)``, ``b(w) = sum_k B_k T_k(z)``."""
-        _, a, b = jax.vmap(lambda row: self._at(params, row))(jnp.eye(self.degree + 1))
-        _, a_init, b_init = self._at(params, jnp.zeros(self.degree + 1))
-        first = jnp.arange(self.degree + 1) == 0  # T_0 carries the source solver's weights
-        a = a - jnp.where(first[:, None], 0.0, a_init)
-        return a, b - jnp.where(first[:, None, None], 0.0, b_init)
+    def export(self, params, guidance=None) -> dict:
+        """``BNS.export``'s record with ``"a"`` and ``"b"`` tabulated at the scales
+        ``"guidance"`` (``guidance``, default 9 evenly spaced over the range), plus
+        ``"guidance_range"``, ``"degree"``, ``"a_series"`` and ``"b_series"``."""
+        lo, hi = self.guidance
+        ws = np.linspace(lo, hi, 9) if guidance is None else np.asarray(guidance, np.float64)
+        if ws.ndim != 1 or not ws.size:
+            raise ValueError(f"guidance must be a 1-D list of scales, got {guidance!r}.")
+        self.check_guidance(ws)
+        # the shared grid, model times and preconditioning, read off the plain family
+        plain = BNS(self.nfe, self.source, self.sigma0, self.scheduler)
+        record = plain.export({k: v if k == "grid" else v[0] for k, v in params.items()})
+        tables = [self.coefficients(params, w) for w in ws]
+        series = self.coefficients(params)
+        record.update(
+            {key: np.asarray([c[key] for c in tables], np.float64).tolist() for key in ("a", "b")}
+        )
+        record.update(
+            {key: np.asarray(series[key], np.float64).tolist() for key in ("a_series", "b_series")}
+        )
+        record.update(guidance_range=[lo, hi], guidance=ws.tolist(), degree=self.degree)
+        return record
 
     def guidance_of(self, args, batch_size: int) -> jax.Array:
         """``args["guidance"]``, a scalar or ``(B,)``; warns (when concrete) outside the range."""
@@ -143,7 +192,7 @@ class BNSRange(BNS):
     def sample(self, params, u: Callable, x0: jax.Array, args=None) -> jax.Array:
         """``x1 (B, *shape)`` at ``w = args["guidance"]`` in exactly ``nfe`` calls of ``u``."""
         w = self.guidance_of(args, x0.shape[0])
-        return self.integrate(*self.solver(params, w), u, x0, args)
+        return self.integrate(self.coefficients(params, w), u, x0, args)
 
     def config(self) -> dict:
         """The arguments of ``bns``, with the range and the degree."""
