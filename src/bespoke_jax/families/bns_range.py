@@ -87,6 +87,7 @@ class BNSRange(BNS):
     def _at(self, params, row) -> dict:
         """``BNS.coefficients`` of the residuals ``row @ c`` (``row``: basis values
         ``(K + 1,)``)."""
+        params = {k: v.astype(row.dtype) for k, v in params.items()}
         residuals = {
             "grid": params["grid"],
             "a": row @ params["a"],
