@@ -92,7 +92,7 @@ def test_args_of_the_unconditional_model(checkerboard):
         ([-1, 3], 0.0, r"\[0, 10\]"),
         ([0.0, 1.0], 0.0, "ints"),
         ([[0, 1]], 0.0, "shape"),
-        ([0, 1], [1.0, 2.0], "scalar"),
+        ([0, 1], [1.0, 2.0, 3.0], "one scale per label"),
     ],
 )
 def test_args_of_the_conditional_model_are_checked(digits, labels, guidance, match):

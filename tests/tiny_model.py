@@ -12,3 +12,16 @@ def mixture():
 def no_shape():
     """Breaks the contract: no ``shape``."""
     return {"velocity": mixture()["velocity"]}
+
+
+def guided(guidance=0.0):
+    """Classifier-free guidance between two closed-form 2-D mixtures (``bj.guided``)."""
+    scheduler = bj.cond_ot()
+    means, stds = [[-1.0, -1.0], [1.0, 1.0], [1.0, -1.0]], [0.2] * 3
+    cond = bj.GaussianMixture(means[:1], stds[:1], [1.0])
+    return {
+        "velocity": bj.guided(cond.velocity(scheduler), mixture()["velocity"]),
+        "shape": (2,),
+        "scheduler": scheduler,
+        "args": {"guidance": guidance},
+    }

@@ -209,6 +209,12 @@ def _sigma0(sigma0, family, user, nfe, init, settings):
     f"{DEMO_SIGMA0:g}) [1].",
 )
 @_guidance_option
+@click.option(
+    "--guidance-range",
+    type=float,
+    nargs=2,
+    help="BNS: one solver for every guidance w in [W_MIN, W_MAX] (w uniform per sample).",
+)
 @_steps_option
 @click.option(
     "--n-train", type=click.IntRange(min=1), help=f"Training noise samples [{Settings.n_train}]."
@@ -240,7 +246,18 @@ def _sigma0(sigma0, family, user, nfe, init, settings):
     "this flag makes a missing checkpoint an error).",
 )
 def train_command(
-    model, family, nfe, init, sigma0, guidance, quick, out, overwrite, resume, **options
+    model,
+    family,
+    nfe,
+    init,
+    sigma0,
+    guidance,
+    guidance_range,
+    quick,
+    out,
+    overwrite,
+    resume,
+    **options,
 ):
     """Train a learned solver for a model and save it.
 
@@ -249,6 +266,7 @@ def train_command(
       bespoke-jax train --model digits --family bns --nfe 8 --sigma0 0.5 --out runs/bns8
       bespoke-jax train --model digits --guidance 0 --family bst --nfe 8 --out runs/bst8
       bespoke-jax train --model my_model.py:make --nfe 6 --steps 500 --out runs/mine
+      bespoke-jax train --model digits --nfe 8 --guidance-range 0 4 --out runs/bns8-range
     """
     stopped = (
         f"Interrupted: the last finished step is checkpointed in {out}; run the same command "
@@ -259,11 +277,21 @@ def train_command(
         from bespoke_jax.app.user_model import load_model
 
         jobs.claim_solver_out(out, overwrite=overwrite, resume=resume)
-        user = load_model(model, guidance=guidance)
+        if guidance_range and guidance is not None:
+            raise ValueError("Give --guidance (one scale) or --guidance-range, not both.")
+        user = load_model(model, guidance=guidance_range[1] if guidance_range else guidance)
+        if guidance_range:  # training and validation draw one w per sample over the range
+            ranged = jobs.make_family(
+                family, nfe, init=init, scheduler=user.scheduler, guidance=guidance_range
+            )
+            user = jobs.with_guidance_draws(user, ranged)
         given = {name: value for name, value in options.items() if value is not None}
         settings = dataclasses.replace(QUICK if quick else Settings(), **given)
         sigma0, val = _sigma0(sigma0, family, user, nfe, init, settings)
-        solver = jobs.make_family(family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler)
+        solver = jobs.make_family(
+            family, nfe, init=init, sigma0=sigma0, scheduler=user.scheduler,
+            guidance=guidance_range or None,
+        )  # fmt: skip
         trained = jobs.train_solver(
             user, solver, out, settings, val=val, overwrite=overwrite, resume=resume
         )

@@ -54,7 +54,7 @@ def log(message: str) -> None:
     print(f"[bespoke-jax] {message}", file=sys.stderr, flush=True)
 
 
-def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None):
+def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None, guidance=None):
     """A learned solver family from command-line options (``None``: the family's default).
 
     Args:
@@ -65,6 +65,7 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
         (default ``"dpm_solver_pp"``).
       sigma0: BNS preconditioning; not an option of the other families.
       scheduler: the model's scheduler (BNS preconditioning and exponential inits need it).
+      guidance: BNS: ``(w_min, w_max)``, one solver for that range of guidance scales.
 
     Raises:
       ValueError: an unknown family, an option the family does not take, or an NFE it cannot
@@ -77,12 +78,31 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
         raise ValueError(f"--family {family} takes --init {' | '.join(inits)}, not {init!r}.")
     if family != "bns" and sigma0 is not None:
         raise ValueError("--sigma0 (preconditioning) applies to --family bns only.")
+    if family != "bns" and guidance is not None:
+        raise ValueError("--guidance-range applies to --family bns only.")
     if family == "bst":
         return bst(nfe, base=init or "rk2")
     if family == "grid":
         return learned_grid(nfe, solver=init or "dpm_solver_pp", scheduler=scheduler)
-    options = {"init": init, "sigma0": sigma0}
+    options = {"init": init, "sigma0": sigma0, "guidance": guidance}
     return bns(nfe, scheduler=scheduler, **{k: v for k, v in options.items() if v is not None})
+
+
+def with_guidance_draws(model: UserModel, family) -> UserModel:
+    """``model`` whose args give every sample its own guidance scale, drawn uniformly over
+    ``family.guidance`` (``family.draw_guidance``): training and validation over the range."""
+
+    def make_args(key, n):
+        key_args, key_w = jax.random.split(key)
+        args = model.make_args(key_args, n)
+        if not isinstance(args, dict) or "guidance" not in args:
+            raise ValueError(
+                f"--guidance-range needs a model whose args hold 'guidance' (the scale w of "
+                f"bj.guided); {model.name!r} gives {type(args).__name__} args."
+            )
+        return {**args, "guidance": family.draw_guidance(key_w, n)}
+
+    return dataclasses.replace(model, make_args=make_args, guidance=list(family.guidance))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +366,14 @@ def solver_model(
     family, params, record = load_solver(path)
     recorded = record.get("model")
     name = chosen_model(path, recorded, model, trust_model=trust_model, force=force)
+    served = getattr(family, "guidance", None)
+    if served is not None:
+        if guidance is None:
+            raise ValueError(
+                f"{path} serves guidance scales in [{served[0]:g}, {served[1]:g}]: pass "
+                f"--guidance w."
+            )
+        family.check_guidance(guidance)
     guidance = record.get("guidance") if guidance is None else guidance
     return family, params, load_model(name, guidance=guidance)
 

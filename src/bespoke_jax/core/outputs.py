@@ -72,15 +72,28 @@ def data_prediction(u: Callable, scheduler: Scheduler) -> Callable:
     return x1_hat
 
 
+def broadcast_scale(w, x, name: str = "args['guidance']"):
+    """A scale ``w`` (scalar, or ``(B,)`` per sample) shaped to multiply ``x (B, *shape)``."""
+    w = jnp.asarray(w)
+    if w.ndim == 0:
+        return w
+    if w.shape != x.shape[:1]:
+        raise ValueError(
+            f"{name} must be a scalar or have shape (B,) = {x.shape[:1]}, got {w.shape}."
+        )
+    return w.reshape(w.shape + (1,) * (x.ndim - 1))
+
+
 def guided(u_cond: Callable, u_uncond: Callable) -> Callable:
     """Classifier-free guidance ``u = (1 + w) u_cond - w u_uncond`` with ``w = args["guidance"]``.
 
-    ``w = 0`` is the conditional model; the scale lives in ``args`` so that changing it does
-    not recompile. Both fields receive the same ``args``.
+    ``w`` is a scalar or a ``(B,)`` array of per-sample scales; ``w = 0`` is the conditional
+    model. The scale lives in ``args`` so that changing it does not recompile. Both fields
+    receive the same ``args``.
     """
 
     def u(t, x, args):
-        w = args["guidance"]
+        w = broadcast_scale(args["guidance"], x)
         return (1.0 + w) * u_cond(t, x, args) - w * u_uncond(t, x, args)
 
     return u

@@ -31,6 +31,7 @@ from jax import lax
 
 from bespoke_jax.core.checks import as_noise, check_learned_nfe, checked_field
 from bespoke_jax.core.metrics import log_mse
+from bespoke_jax.core.outputs import broadcast_scale
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.core.transforms import precondition
 from bespoke_jax.solvers.ns_coefficients import NSCoefficients, ns_coefficients
@@ -146,30 +147,45 @@ class BNS:
         return precondition(u, self.scheduler, self.sigma0)
 
     def sample(self, params, u: Callable, x0: jax.Array, args=None) -> jax.Array:
-        """``x1 (B, *shape)`` from noise ``x0 (B, *shape)`` in exactly ``nfe`` calls of ``u``.
+        """``x1 (B, *shape)`` from noise ``x0 (B, *shape)`` in exactly ``nfe`` calls of ``u``."""
+        return self.integrate(self.coefficients(params), u, x0, args)
 
-        A fixed ``(n + 1, B * size)`` buffer ``[x0, u_0, ..., u_{n-1}]`` (flat, zeros not yet
-        computed) rides in the ``lax.scan`` carry, so ``x_{i+1} = [a_{i+1}, b_i] @ buffer`` is
-        one matrix-vector product.
+    def integrate(self, c: dict, u: Callable, x0: jax.Array, args=None) -> jax.Array:
+        """The NS solver of the coefficients ``c`` run on ``u`` from ``x0 (B, *shape)``.
+
+        ``c["grid"] (n,)``; ``c["a"] (n + 1,)`` and ``c["b"] (n, n)`` are shared by the batch,
+        or per sample: ``(B, n + 1)`` and ``(B, n, n)``. A fixed ``(n + 1, B * size)`` buffer
+        ``[x0, u_0, ..., u_{n-1}]`` (flat, zeros not yet computed) rides in the ``lax.scan``
+        carry, so ``x_{i+1} = [a_{i+1}, b_i] @ buffer`` is one matrix-vector product (per
+        sample: one batched product ``(B, n + 1) x (B, n + 1, size)``).
         """
-        c = self.coefficients(params)
         ts, a, b = c["grid"], c["a"], c["b"]
         x0 = as_noise(x0, args)
         field, transform = self._field(checked_field(u))
         start = x0 if transform is None else transform.s(0.0) * x0
-        weights = jnp.concatenate([a[1:, None], b], axis=1)
+        weights = jnp.concatenate([a[..., 1:, None], b], axis=-1)
+        per_sample = weights.ndim == 3
+        if per_sample:
+            weights = jnp.moveaxis(weights, 0, 1)  # (n, B, n + 1): scanned over steps
+
+        def combine(row, buffer):
+            if not per_sample:
+                return jnp.dot(row, buffer)
+            return jnp.einsum(
+                "bj,jbd->bd", row, jnp.reshape(buffer, (self.nfe + 1, *row.shape[:1], -1))
+            )
 
         def step(carry, inputs):
             x, buffer = carry
             i, t, row = inputs
             velocity = jnp.reshape(field(t, x, args), (1, -1))
             buffer = lax.dynamic_update_index_in_dim(buffer, velocity, i + 1, 0)
-            return (jnp.reshape(jnp.dot(row, buffer), x0.shape), buffer), None
+            return (jnp.reshape(combine(row, buffer), x0.shape), buffer), None
 
         buffer = jnp.zeros((self.nfe + 1, x0.size), dtype=jnp.result_type(x0))
         buffer = buffer.at[0].set(jnp.reshape(start, -1))
         inputs = (jnp.arange(self.nfe), ts, weights)
-        (x, _), _ = lax.scan(step, (a[0] * start, buffer), inputs)
+        (x, _), _ = lax.scan(step, (broadcast_scale(a[..., 0], start) * start, buffer), inputs)
         return x if transform is None else x / transform.s(1.0)
 
     def loss(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
@@ -187,7 +203,15 @@ class BNS:
         }
 
 
-def bns(nfe: int, *, init: str = "midpoint", sigma0: float = 1.0, scheduler=None) -> BNS:
+def bns(
+    nfe: int,
+    *,
+    init: str = "midpoint",
+    sigma0: float = 1.0,
+    scheduler=None,
+    guidance: tuple[float, float] | None = None,
+    degree: int | None = None,
+) -> BNS:
     """Bespoke non-stationary solvers with ``nfe`` model calls, initialised from a baseline.
 
     Args:
@@ -197,8 +221,21 @@ def bns(nfe: int, *, init: str = "midpoint", sigma0: float = 1.0, scheduler=None
       sigma0: preconditioning scale ``sigmabar_t = sigma0 sigma_t`` (BNS eq. 14), positive.
       scheduler: the model's scheduler; required by ddim, dpm_solver_pp, unipc, edm and by
         ``sigma0 != 1``.
+      guidance: ``(w_min, w_max)``: one solver for every classifier-free guidance scale in
+        that range, read from ``args["guidance"]`` (a scalar or ``(B,)``) when sampling
+        (``BNSRange``); ``None``: a solver for the one scale it is trained at.
+      degree: with ``guidance``, the degree of the Chebyshev series in ``w`` of each weight
+        (default 2).
 
     Returns:
-      The ``BNS`` family.
+      The ``BNS`` family (a ``BNSRange`` with ``guidance``).
     """
-    return BNS(int(nfe) if isinstance(nfe, np.integer) else nfe, init, float(sigma0), scheduler)
+    nfe = int(nfe) if isinstance(nfe, np.integer) else nfe
+    if guidance is None:
+        if degree is not None:
+            raise ValueError("degree is the degree in the guidance scale: give guidance too.")
+        return BNS(nfe, init, float(sigma0), scheduler)
+    from bespoke_jax.families.bns_range import DEFAULT_DEGREE, BNSRange
+
+    degree = DEFAULT_DEGREE if degree is None else degree
+    return BNSRange(nfe, init, float(sigma0), scheduler, guidance=guidance, degree=degree)

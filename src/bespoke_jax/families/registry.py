@@ -11,11 +11,13 @@ from collections.abc import Callable
 from bespoke_jax.core.schedulers import scheduler_from_config
 from bespoke_jax.families.base import Family
 from bespoke_jax.families.bns import BNS, bns
+from bespoke_jax.families.bns_range import BNSRange
 from bespoke_jax.families.bst import BST, bst
 from bespoke_jax.families.grid import LearnedGrid, learned_grid
 
+# bns(guidance=...) builds a BNSRange.
 FAMILIES: dict[str, Callable] = {"bst": bst, "bns": bns, "grid": learned_grid}
-_TYPES = {cls.name: cls for cls in (BST, BNS, LearnedGrid)}
+_TYPES = {cls.name: cls for cls in (BST, BNS, BNSRange, LearnedGrid)}
 
 
 def family_from_config(config: dict) -> Family:

@@ -231,7 +231,7 @@ def load_solver(path, family: Family | str | None = None) -> tuple[Family, Param
     return built, jax.tree.map(jnp.asarray, params), record
 
 
-def _ns_form(family: Family, params: Params) -> dict:
+def _ns_form(family: Family, params: Params, args=None) -> dict:
     """``times``, ``a``, ``b`` of ``family.sample(params, ...)`` on the original field.
 
     Every family's sample is linear in ``x0`` and the velocities it receives, so reading it off
@@ -244,7 +244,9 @@ def _ns_form(family: Family, params: Params) -> dict:
     with jax.enable_x64(True):  # the coefficients to float64 rounding, from float32 params
         params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
         ns = linear_coefficients(
-            lambda u, x0: family.sample(params, u, x0), family.nfe, f"the {family.name} solver"
+            lambda u, x0: family.sample(params, u, x0, args),
+            family.nfe,
+            f"the {family.name} solver",
         )
     return {"times": np.append(ns.ts, 1.0).tolist(), "a": ns.a.tolist(), "b": ns.b.tolist()}
 
@@ -290,17 +292,27 @@ def noise_levels(schedule, scheduler: Scheduler) -> dict:
 
 
 def export_record(
-    family: Family, params: Params, metadata: dict | None = None, *, scheduler=None
+    family: Family, params: Params, metadata: dict | None = None, *, scheduler=None, guidance=None
 ) -> dict:
     """The record ``export_solver`` writes (format version ``EXPORT_VERSION``)."""
+    if getattr(family, "guidance", None) is None:
+        if guidance is not None:
+            raise ValueError(
+                f"guidance tabulates a guidance-range solver; {family.label} has none."
+            )
+        exported, ns = family.export(params), _ns_form(family, params)
+    else:  # the NS form at each tabulated scale; the times are shared
+        exported = family.export(params, guidance)
+        tables = [_ns_form(family, params, {"guidance": w}) for w in exported["guidance"]]
+        ns = {"times": tables[0]["times"], **{k: [t[k] for t in tables] for k in ("a", "b")}}
     record = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "package_version": _package_version(),
         "family": _family_record(family),
         "nfe": int(family.nfe),
-        **family.export(params),
-        **_ns_form(family, params),  # the solver itself, on the model's own field
+        **exported,
+        **ns,  # the solver itself, on the model's own field
     }
     schedule = np.asarray(record.pop("schedule", record["times"]), dtype=np.float64)
     metadata = dict(metadata or {})
@@ -335,6 +347,7 @@ def export_solver(
     *,
     scheduler=None,
     overwrite: bool = False,
+    guidance=None,
 ) -> Path:
     """Write a solver as plain JSON for samplers outside JAX (``bespoke_jax.export.sample``).
 
@@ -344,7 +357,11 @@ def export_solver(
     and ``"b"`` (``nfe x nfe``, lower triangular), BNS preconditioning folded in. BST adds its
     transform on ``r_j = j / nfe``: ``"r", "t", "s"`` (``nfe + 1``) and ``"dt", "ds"`` (``nfe``);
     BNS its solver grid ``"grid"`` (``nfe`` times r) and ``"sigma0"``; a learned grid
-    ``"solver"``, ``"solver_options"`` and ``"grid"`` (the ``N + 1`` step times).
+    ``"solver"``, ``"solver_options"`` and ``"grid"`` (the ``N + 1`` step times). A
+    guidance-range BNS solver (``bns(..., guidance=(lo, hi))``) shares its times over ``w``;
+    its ``"a"`` and ``"b"`` are tabulated, one row per scale of ``"guidance"`` (``guidance``,
+    default 9 evenly spaced over ``"guidance_range"``), with ``"a_series"``, ``"b_series"``: the
+    Chebyshev series of its weights on the preconditioned field (``BNSRange.coefficients``).
 
     With a scheduler (``scheduler``, else the family's, else ``metadata["scheduler"]``) it adds
     the ``"schedule"`` (the learned grid's steps, else ``"times"``), ``"alpha"`` and ``"sigma"``
@@ -360,5 +377,5 @@ def export_solver(
       The file written (atomically).
     """
     path = claim_file(path, is_export, overwrite=overwrite)
-    record = export_record(family, params, metadata, scheduler=scheduler)
+    record = export_record(family, params, metadata, scheduler=scheduler, guidance=guidance)
     return atomic_write(path, _dumps(record, "metadata"))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
+from bespoke_jax.core.outputs import broadcast_scale
 from bespoke_jax.core.schedulers import Scheduler, scheduler_from_config
 from bespoke_jax.models.networks import build_model
 
@@ -67,12 +68,12 @@ class Pretrained:
         Args:
             labels: class-conditional models only: ints ``(B,)`` in ``[0, num_classes]``, where
                 ``num_classes`` (``.null_label``) asks for the unconditional field.
-            guidance: classifier-free guidance scale ``w`` (scalar), giving
-                ``u = (1 + w) u_cond - w u_uncond``.
+            guidance: classifier-free guidance scale ``w``, a scalar or one per sample
+                ``(B,)``, giving ``u = (1 + w) u_cond - w u_uncond``.
 
         Returns:
             ``None`` for an unconditional model, else ``{"labels": int32 (B,),
-            "guidance": float32 ()}``.
+            "guidance": float32 () or (B,)}``.
         """
         if self.num_classes is None:
             if labels is not None or _concrete_nonzero(guidance):
@@ -98,8 +99,11 @@ class Pretrained:
                     f"label), got values from {values.min()} to {values.max()}."
                 )
         guidance = jnp.asarray(guidance, jnp.float32)
-        if guidance.ndim != 0:
-            raise ValueError(f"guidance must be a scalar, got shape {guidance.shape}.")
+        if guidance.ndim != 0 and guidance.shape != np.shape(labels):
+            raise ValueError(
+                f"guidance must be a scalar or one scale per label, shape {np.shape(labels)}, "
+                f"got shape {guidance.shape}."
+            )
         return {"labels": jnp.asarray(labels, jnp.int32), "guidance": guidance}
 
 
@@ -134,10 +138,12 @@ def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None) -
                 jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
             )
             cond, uncond = jnp.split(both, 2)
-            return (1.0 + w) * cond - w * uncond
+            scale = broadcast_scale(w, flat)
+            return (1.0 + scale) * cond - scale * uncond
 
-        # w = 0 needs only the conditional pass (d u / d w is not traced through that branch).
-        out = jax.lax.cond(w == 0, lambda _: forward(t, flat, labels), guided, None)
+        # w = 0 (every sample's) needs only the conditional pass (d u / d w is not traced
+        # through that branch).
+        out = jax.lax.cond(jnp.all(w == 0), lambda _: forward(t, flat, labels), guided, None)
         return out.reshape(x.shape)
 
     return velocity

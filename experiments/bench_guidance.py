@@ -1,0 +1,378 @@
+"""Benchmark of one BNS solver for a range of guidance scales (``bj.bns(..., guidance=range)``).
+
+1. The shipped ``digits`` model: a range solver trained over ``w in [0, 4]`` (each training
+   pair with its own ``w``, i.i.d. uniform or Chebyshev (arcsine), ``family.draw_guidance``;
+   validated on draws of the same law) at NFE 8 (and 16), evaluated at ``w = 0, 0.5, ..., 4``
+   against each ``w``'s ground truth (rtol = atol = 1e-6), next to the best baseline at each
+   ``w`` and a dedicated BNS solver trained at each of ``w = 0, 2, 4`` (noise, batch and
+   optimizer shared; the range solver with one and three times their steps); the training cost
+   in model calls; the sampling time of the range solver (one ``w`` per sample) over the
+   dedicated one's.
+2. The shared time grid: the cost of calling the network at one time per sample (what a
+   ``w``-dependent grid needs with per-sample ``w``) over one time for the batch.
+3. The degree ``K`` of the Chebyshev series in ``w``, on a guided 64-d mixture (conditional: 8
+   of the 32 components; unconditional: all 32), NFE 8: held-out PSNR at each ``w``.
+
+Run ``python experiments/bench_guidance.py`` (``--quick`` for a smoke run; ``--steps``,
+``--n-train`` to size it); the tables are printed and written to ``runs/bench_guidance.md``,
+the plot of PSNR against ``w`` to ``docs/guidance_psnr.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+import bespoke_jax as bj
+from bespoke_jax.app.report import save_figure
+from bespoke_jax.core.args import batch_axes
+from bespoke_jax.families.bns import BNS
+from bespoke_jax.families.bns_range import BNSRange
+from bespoke_jax.io.files import atomic_write
+from experiments._common import baseline_psnrs, noise_sets
+from experiments.bench_bns import RUNS, markdown
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RANGE = (0.0, 4.0)
+EVAL_WS = tuple(np.arange(0.0, 4.01, 0.5).tolist())
+DEDICATED_WS = (0.0, 2.0, 4.0)
+SIGMA0 = 0.5  # the demo's preconditioning for digits
+TOL = 1e-6
+GRID_DEGREE = 2  # of the grid-in-w experiment
+
+
+def train(family, u, x_train, x_val, train_args, val_args, steps, data=None):
+    """``bj.train`` with the family's default optimizer; ``(result, wall seconds)``."""
+    start = time.perf_counter()
+    data = data or {}
+    result = bj.train(
+        family,
+        u,
+        x_train,
+        x_val,
+        args=train_args,
+        val_args=val_args,
+        steps=steps,
+        eval_every=max(steps // 4, 1),
+        train_data=data.get("train"),
+        val_data=data.get("val"),
+        progress=False,
+    )
+    return result, time.perf_counter() - start
+
+
+def median_ratio(first, second, repeats: int = 21) -> float:
+    """Median time of ``fn(*inputs)`` for ``first = (fn, inputs)`` over ``second``'s, warmed
+    up and interleaved."""
+    calls = (first, second)
+    for fn, inputs in calls:
+        jax.block_until_ready(fn(*inputs))
+    times = ([], [])
+    for _ in range(repeats):
+        for (fn, inputs), record in zip(calls, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*inputs))
+            record.append(time.perf_counter() - start)
+    return float(np.median(times[0]) / np.median(times[1]))
+
+
+def evaluate_at(family, params, u, x_test, args_at, truth) -> dict:
+    """Held-out PSNR of ``family`` at every ``w`` of ``truth`` (one jit, ``w`` as an input)."""
+    sample = jax.jit(lambda p, x, a: family.sample(p, u, x, a))
+    return {w: float(bj.psnr(sample(params, x_test, args_at(w)), x1)) for w, x1 in truth.items()}
+
+
+def digits_rows(
+    nfes, steps: int, n_train: int, n_val: int, n_test: int, out: Path, scale: int = 3
+) -> tuple[list, list]:
+    """Per-``w`` PSNR rows and per-solver cost rows on the digits model: range solvers with
+    ``steps`` (one dedicated solver's budget) and ``scale * steps`` (all of theirs)."""
+    model = bj.pretrained("digits")
+    u, scheduler = model.velocity, model.scheduler
+    x_train, x_val, x_test = noise_sets(model.shape, (n_train, n_val, n_test), seed=3)
+
+    def labels(n):
+        return jnp.arange(n) % 10
+
+    def args_at(w, n=n_test):
+        return model.args(labels(n), w)
+
+    # Every w's ground truth in one solve: the test noise repeated, one w per sample.
+    ws = np.repeat(np.asarray(EVAL_WS, np.float32), n_test)
+    tiled = jnp.tile(x_test, (len(EVAL_WS), 1, 1))
+    tiled_args = model.args(jnp.tile(labels(n_test), len(EVAL_WS)), ws)
+    x1 = bj.ground_truth(u, tiled, args=tiled_args, rtol=TOL, atol=TOL).x1
+    truth = {w: x1[i * n_test : (i + 1) * n_test] for i, w in enumerate(EVAL_WS)}
+    print(f"ground truth at {len(EVAL_WS)} scales done", flush=True)
+
+    rows, costs, found = [], [], {}
+    key_train, key_val = jax.random.split(jax.random.key(4))
+    shared_data = {w: {} for w in DEDICATED_WS}
+    range_data: dict = {}  # ground truth by distribution of w
+    budgets = {  # (steps, distribution of w)
+        "range": (steps, "uniform"),
+        f"range, {scale}x steps": (scale * steps, "uniform"),
+        f"range, {scale}x steps, chebyshev draws": (scale * steps, "chebyshev"),
+    }
+    for nfe in nfes:
+        base = {
+            w: baseline_psnrs(u, x_test, truth[w], nfe, scheduler, args_at(w), runs=RUNS)
+            for w in EVAL_WS
+        }
+        family = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler, guidance=RANGE)
+        draws = {
+            kind: tuple(
+                model.args(labels(n), family.draw_guidance(key, n, kind))
+                for key, n in ((key_train, n_train), (key_val, n_val))
+            )
+            for kind in ("uniform", "chebyshev")
+        }
+        per_sample = model.args(labels(n_test), jnp.linspace(*RANGE, n_test))
+        ranged, dedicated, params = {}, {}, {}
+        fixed = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler)
+        names = ["range", *DEDICATED_WS, *list(budgets)[1:]]  # the longest last
+        solvers = [(name, fixed if name in DEDICATED_WS else family) for name in names]
+        for name, solver in solvers:
+            n, kind = budgets.get(name, (steps, None))
+            if isinstance(name, str):
+                data, fit_args = range_data.setdefault(kind, {}), draws[kind]
+            else:
+                data, fit_args = shared_data[name], (args_at(name, n_train), args_at(name, n_val))
+            result, wall = train(solver, u, x_train, x_val, *fit_args, n, data)
+            data.update(train=result.train_data, val=result.val_data)
+            values = evaluate_at(solver, result.params, u, x_test, args_at, truth)
+            params[name] = result.params
+            (ranged if isinstance(name, str) else dedicated)[name] = values
+            label = name if isinstance(name, str) else f"dedicated w = {name:g}"
+            costs.append(
+                {"NFE": nfe, "solver": label, "steps": n, "train s": wall,
+                 "model calls": result.model_calls}
+            )  # fmt: skip
+            print(f"{label} NFE {nfe}: {values}", flush=True)
+            found[f"{label}, NFE {nfe}"] = {"psnr": values, **costs[-1]}
+            atomic_write(out / "bench_guidance_partial.json", json.dumps({"base": base, **found}))
+        ours = jax.jit(lambda p, x, a, f=family: f.sample(p, u, x, a))
+        theirs = jax.jit(lambda p, x, a, f=fixed: f.sample(p, u, x, a))
+        costs[-1]["time / dedicated"] = median_ratio(
+            (ours, (params["range"], x_test, per_sample)),
+            (theirs, (params[DEDICATED_WS[-1]], x_test, args_at(DEDICATED_WS[-1]))),
+        )
+        for w in EVAL_WS:
+            best_name = max(base[w], key=base[w].get)
+            row = {"NFE": nfe, "w": w}
+            row.update({name: values[w] for name, values in ranged.items()})
+            row.update({"best baseline": base[w][best_name], "(which)": best_name})
+            row["dedicated BNS"] = dedicated[w][w] if w in dedicated else None
+            near = min(DEDICATED_WS, key=lambda d: abs(d - w))
+            row["dedicated at nearest trained w"] = dedicated[near][w]
+            for name, values in ranged.items():
+                row[f"{name} - best baseline"] = values[w] - base[w][best_name]
+                if w in dedicated:
+                    row[f"{name} - dedicated"] = values[w] - dedicated[w][w]
+            rows.append(row)
+    return rows, costs
+
+
+def grid_cost(n: int = 64, repeats: int = 21) -> float:
+    """Time of one digits call with a time per sample over one call with a shared time."""
+    model = bj.pretrained("digits")
+    u = model.velocity
+    x = jax.random.normal(jax.random.key(0), (n, *model.shape))
+    args = model.args(jnp.arange(n) % 10, jnp.linspace(*RANGE, n))
+    t = jnp.full((n,), 0.3)
+    shared = jax.jit(lambda t, x, a: u(t[0], x, a))
+    per_sample = jax.jit(
+        jax.vmap(lambda t, x, a: u(t, x[None], jax.tree.map(lambda v: v[None], a))[0])
+    )
+    return median_ratio((per_sample, (t, x, args)), (shared, (t, x, args)))
+
+
+@dataclasses.dataclass(frozen=True)
+class GridInW(BNSRange):
+    """The experiment the package does not ship: the time grid, too, a Chebyshev series in
+    ``w``; with one ``w`` per sample the field is called at one time per sample (vmap over
+    single samples, as the ground truth does). Without preconditioning only."""
+
+    @property
+    def num_params(self) -> int:
+        return super().num_params + self.degree * (self.nfe + 1)
+
+    def init(self) -> dict:
+        return {**super().init(), "grid": jnp.zeros((self.degree + 1, self.nfe + 1))}
+
+    def _at(self, params, row):
+        residuals = {k: jnp.tensordot(row, v, axes=1) for k, v in params.items()}
+        return BNS.coefficients(self, residuals)
+
+    def coefficients(self, params, guidance=None):
+        basis = self.basis(guidance)
+        if basis.ndim == 1:
+            return self._at(params, basis)
+        return jax.vmap(lambda row: self._at(params, row))(basis)
+
+    def sample(self, params, u, x0, args=None):
+        c = self.coefficients(params, self.guidance_of(args, x0.shape[0]))
+        if c["grid"].ndim == 1:
+            return self.integrate(c, u, x0, args)
+        axes = batch_axes(args, x0.shape[0])
+
+        def per_sample(t, x, args):
+            one = jax.vmap(lambda t, x, a: u(t, x[None], a)[0], in_axes=(0, 0, axes))
+            return one(t, x, args)
+
+        return self.integrate({**c, "grid": c["grid"].T}, per_sample, x0, args)
+
+
+def degree_rows(degrees, steps: int, sizes=(256, 128, 128), nfe: int = 8) -> list:
+    """Held-out PSNR at each ``w`` of range solvers of each Chebyshev degree, guided mixture."""
+    scheduler = bj.cond_ot()
+    full = bj.GaussianMixture.random(jax.random.key(0), 32, 64, 0.05)
+    part = bj.GaussianMixture(full.means[:8], full.stds[:8], full.weights[:8])
+    u = bj.guided(part.velocity(scheduler), full.velocity(scheduler))
+    x_train, x_val, x_test = noise_sets((64,), sizes, seed=5)
+    ws = np.repeat(np.asarray(EVAL_WS), sizes[2])
+    x1 = bj.ground_truth(
+        u, jnp.tile(x_test, (len(EVAL_WS), 1)), args={"guidance": ws}, rtol=TOL, atol=TOL
+    ).x1
+    truth = {w: x1[i * sizes[2] : (i + 1) * sizes[2]] for i, w in enumerate(EVAL_WS)}
+    keys = jax.random.split(jax.random.key(6))
+    data, rows = {}, []
+    grid_in_w = GridInW(nfe, "midpoint", 1.0, scheduler, guidance=RANGE, degree=GRID_DEGREE)
+    families = [bj.bns(nfe, scheduler=scheduler, guidance=RANGE, degree=k) for k in degrees]
+    for family in [*families, grid_in_w]:
+        degree = family.degree if type(family) is BNSRange else f"{family.degree}, grid in w"
+        train_args, val_args = (
+            {"guidance": family.draw_guidance(k, len(x))}
+            for k, x in zip(keys, (x_train, x_val), strict=True)
+        )
+        result, wall = train(family, u, x_train, x_val, train_args, val_args, steps, data)
+        data.update(train=result.train_data, val=result.val_data)
+        values = evaluate_at(family, result.params, u, x_test, lambda w: {"guidance": w}, truth)
+        row = {"K": degree, "parameters": family.num_params}
+        row.update({f"w = {w:g}": v for w, v in values.items()})
+        row.update(min=min(values.values()), mean=float(np.mean(list(values.values()))))
+        rows.append({**row, "train s": wall})
+        print(f"degree {degree}: {rows[-1]}", flush=True)
+    return rows
+
+
+def plot(rows, path) -> Path:
+    """PSNR against ``w``: the range solver, the best baseline and the dedicated solvers."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for nfe in sorted({row["NFE"] for row in rows}):
+        mine = [row for row in rows if row["NFE"] == nfe]
+        ws = [row["w"] for row in mine]
+        (line,) = ax.plot(
+            ws, [row["best baseline"] for row in mine], "--", label=f"best baseline, NFE {nfe}"
+        )
+        ranged = [k for k in mine[0] if k.startswith("range") and " - " not in k]
+        for name, marker in zip(ranged, ("o-", "^-", "v-"), strict=True):
+            ax.plot(
+                ws,
+                [row[name] for row in mine],
+                marker,
+                color=line.get_color(),
+                label=f"{name} BNS, NFE {nfe}",
+            )
+        trained = [row for row in mine if row["dedicated BNS"] is not None]
+        ax.plot(
+            [row["w"] for row in trained],
+            [row["dedicated BNS"] for row in trained],
+            "s",
+            color=line.get_color(),
+            mfc="none",
+            ms=9,
+            label=f"dedicated BNS, NFE {nfe}",
+        )
+    ax.set_xlabel("guidance scale w")
+    ax.set_ylabel("PSNR vs ground truth [dB], R = 2")
+    ax.set_title(f"digits: one BNS solver for w in [{RANGE[0]:g}, {RANGE[1]:g}]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def mixture_text(degrees, steps: int, ratio: float) -> str:
+    return "\n\n".join(
+        [
+            f"### Degree K of the series in w (guided 64-d mixture, NFE 8, {steps} steps)",
+            "Held-out PSNR (dB, R = 2) at each w; 256 training pairs with w uniform on "
+            "[0, 4], 128 validation, 128 test samples at each w. 'grid in w': the time grid, "
+            "too, a series in w (one model time per sample, vmap).",
+            markdown(degrees),
+            "### Shared time grid",
+            f"One digits call with a model time per sample (vmap over single samples; what a "
+            f"w-dependent grid needs when w varies per sample) takes {ratio:.2f}x a call with "
+            f"one time for the batch (64 samples, jitted, median of 21).",
+        ]
+    )
+
+
+def digits_text(rows, costs, steps: int, sizes, figure: Path) -> str:
+    return "\n\n".join(
+        [
+            "## One BNS solver for guidance w in [0, 4] on the digits model "
+            "(held-out PSNR, dB, R = 2)",
+            f"{steps} steps (range: also 3x, the three dedicated solvers' total), {sizes[0]} "
+            "training pairs (w uniform on [0, 4], one per pair), "
+            f"{sizes[1]} validation, {sizes[2]} test noise samples at each w; "
+            f"sigma0 = {SIGMA0:g}; Prodigy (the BNS default); dedicated solvers: same noise, "
+            "steps and optimizer, at one w.",
+            markdown(rows),
+            "### Training cost and sampling time",
+            markdown(costs),
+            "model calls: sample-forwards of the guided field (ground truth, training, "
+            "validation). time / dedicated: sampling the test batch with one w per sample "
+            "over a dedicated solver with one w.",
+            f"Plot: {figure.name}.",
+        ]
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, meaningless numbers")
+    parser.add_argument("--part", choices=("all", "mixture", "digits"), default="all")
+    parser.add_argument("--nfe", type=int, action="append", help="NFE values [8, 16]")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--n-train", type=int, default=256)
+    parser.add_argument("--degrees", type=int, nargs="*", default=[0, 1, 2, 3])
+    parser.add_argument("--out", default=str(ROOT / "runs"))
+    options = parser.parse_args(argv)
+    quick = options.quick
+    steps = 4 if quick else options.steps
+    nfes = options.nfe or ([4] if quick else [8, 16])
+    sizes = (8, 8, 8) if quick else (options.n_train, 64, 64)
+    out = Path(options.out)
+    start = time.perf_counter()
+    parts = []
+    if options.part in ("all", "mixture"):
+        degrees = degree_rows(options.degrees, steps, sizes=sizes if quick else (256, 128, 128))
+        parts.append(mixture_text(degrees, steps, grid_cost()))
+        atomic_write(out / "bench_guidance_mixture.json", json.dumps(degrees, indent=1))
+    if options.part in ("all", "digits"):
+        rows, costs = digits_rows(nfes, steps, *sizes, out)
+        atomic_write(out / "bench_guidance.json", json.dumps({"rows": rows, "costs": costs}))
+        figure = plot(
+            rows, out / "guidance_psnr.png" if quick else ROOT / "docs" / "guidance_psnr.png"
+        )
+        parts.insert(0, digits_text(rows, costs, steps, sizes, figure))
+    text = "\n\n".join([*parts, f"Total time: {time.perf_counter() - start:.0f} s."])
+    print(text)
+    name = "bench_guidance" if options.part == "all" else f"bench_guidance_{options.part}"
+    atomic_write(out / f"{name}.md", text + "\n")
+
+
+if __name__ == "__main__":
+    main()
