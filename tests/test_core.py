@@ -7,7 +7,7 @@ import pytest
 
 import bespoke_jax as bj
 from bespoke_jax.core.outputs import PREDICTIONS, data_prediction
-from bespoke_jax.core.schedulers import VE, Scaled, scheduler_from_config
+from bespoke_jax.core.schedulers import VE, Scaled, Truncated, scheduler_from_config
 from bespoke_jax.core.transforms import ScaleTime
 
 SCHEDULERS = {
@@ -16,6 +16,8 @@ SCHEDULERS = {
     "vp": bj.vp(),
     "ve": VE(80.0),
     "scaled": Scaled(bj.cond_ot(), 5.0),
+    "ddpm": bj.ddpm("squaredcos_cap_v2", num_train_timesteps=100),
+    "truncated": Truncated(bj.cosine(), 0.01, 0.98),
 }
 PATHS = ["cond_ot", "cosine", "vp"]  # Gaussian paths from noise (alpha_0 ~ 0)
 INTERIOR = (0.05, 0.3, 0.5, 0.7, 0.95)
@@ -88,12 +90,14 @@ def test_scheduler_config_round_trip_and_validation():
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-@pytest.mark.parametrize("name", PATHS)
+@pytest.mark.parametrize("name", [*PATHS, "ddpm"])
 def test_to_velocity_is_exact_on_the_mixture(name, prediction, mixture, x):
+    """The converted field is the mixture's exact velocity on the field's path (the model's own,
+    or its truncation where the conversion is singular at an end)."""
     sched = SCHEDULERS[name]
     u = bj.to_velocity(mixture.prediction(sched, prediction), sched, prediction)
     for t in (0.1, 0.5, 0.9):
-        close(u(jnp.float32(t), x, None), mixture.velocity(sched)(jnp.float32(t), x, None))
+        close(u(jnp.float32(t), x, None), mixture.velocity(u.scheduler)(jnp.float32(t), x, None))
 
 
 @pytest.mark.parametrize("name", PATHS)

@@ -40,6 +40,10 @@ _PUBLIC = {
     "cond_ot": "bespoke_jax.core.schedulers",
     "cosine": "bespoke_jax.core.schedulers",
     "vp": "bespoke_jax.core.schedulers",
+    "ddpm": "bespoke_jax.core.ddpm",
+    "Velocity": "bespoke_jax.core.outputs",
+    "wrap_diffusion": "bespoke_jax.core.wrappers",
+    "wrap_edm": "bespoke_jax.core.wrappers",
     "ScaleTime": "bespoke_jax.core.transforms",
     "precondition": "bespoke_jax.core.transforms",
     "scale_time": "bespoke_jax.core.transforms",
@@ -72,8 +76,10 @@ def __dir__():
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bespoke_jax import export as export
     from bespoke_jax import solvers as solvers
+    from bespoke_jax.core.ddpm import ddpm as ddpm
     from bespoke_jax.core.metrics import psnr as psnr
     from bespoke_jax.core.metrics import rmse as rmse
+    from bespoke_jax.core.outputs import Velocity as Velocity
     from bespoke_jax.core.outputs import guided as guided
     from bespoke_jax.core.outputs import to_velocity as to_velocity
     from bespoke_jax.core.schedulers import Scheduler as Scheduler
@@ -84,6 +90,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bespoke_jax.core.transforms import precondition as precondition
     from bespoke_jax.core.transforms import scale_time as scale_time
     from bespoke_jax.core.transforms import scheduler_change as scheduler_change
+    from bespoke_jax.core.wrappers import wrap_diffusion as wrap_diffusion
+    from bespoke_jax.core.wrappers import wrap_edm as wrap_edm
     from bespoke_jax.families.bns import BNS as BNS
     from bespoke_jax.families.bns import bns as bns
     from bespoke_jax.families.bst import BST as BST

@@ -149,33 +149,51 @@ def check_save_ts(save_ts, dtype) -> np.ndarray:
     return ts
 
 
-def first_nonfinite(u: Callable, x0, args, num_steps: int = 64):
-    """Walk an Euler path of ``u`` from ``x0``; the first ``(t, sample index)`` where ``u`` or
-    the state is NaN/inf, or ``None`` when the whole path is finite."""
+def first_nonfinite(u: Callable, x0, args, ts=None):
+    """Walk an Euler path of ``u`` from ``x0`` over the times ``ts`` (default 64 uniform steps),
+    evaluating ``u`` at every one of them, the last included; the first ``(step, t, sample
+    index)`` where ``u`` or the state is NaN/inf, or ``None`` when the whole path is finite."""
     step = jax.jit(lambda t, x: u(t, x, args))
+    ts = np.linspace(0.0, 1.0, 65) if ts is None else np.asarray(ts)
     x = x0
-    h = 1.0 / num_steps
-    for i in range(num_steps):
-        t = jnp.asarray(i * h, dtype=x0.dtype)
-        v = step(t, x)
+    for i, t in enumerate(ts):
+        v = step(jnp.asarray(t, dtype=x0.dtype), x)
         bad = ~np.asarray(jnp.all(jnp.isfinite(v.reshape(v.shape[0], -1)), axis=-1))
         if bad.any():
-            return float(t), int(np.argmax(bad))
-        x = x + h * v
+            return i, float(t), int(np.argmax(bad))
+        if i + 1 < len(ts):
+            x = x + (ts[i + 1] - t) * v
     return None
 
 
-def nonfinite_message(u: Callable, x0, args, where: str) -> str:
-    """A message naming where a model first returned NaN/inf along an Euler path from ``x0``."""
-    found = first_nonfinite(u, x0, args)
+def nonfinite_message(u: Callable, x0, args, where: str, ts=None) -> str:
+    """A message naming where a model first returned NaN/inf along an Euler path from ``x0``
+    over the times ``ts`` (a solver's grid; default 64 uniform steps)."""
+    found = first_nonfinite(u, x0, args, ts)
     if found is None:
         return (
             f"The model returned NaN or inf during {where}, at a point off the coarse Euler path "
             f"used to locate it; check the model near t = 0 and t = 1 and its args."
         )
-    t, index = found
+    i, t, index = found
+    step = f"at grid point {i} " if ts is not None else ""
     return (
-        f"The model returned NaN or inf during {where}: first at t = {t:.4f} for sample {index}. "
-        f"Check the model (and its args) at that time; eps- and x1-prediction fields are "
-        f"singular at the ends of some schedulers (docs/schedulers.md#singular-ends)."
+        f"The model returned NaN or inf during {where}: first {step}at t = {t:.4f} for sample "
+        f"{index}. Check the model (and its args) at that time; wrap eps-, x1- and v-prediction "
+        f"models with bj.to_velocity, which truncates the ends where the conversion is singular "
+        f"(docs/models.md#truncated-ends)."
     )
+
+
+def finite_or_raise(x1, u: Callable, x0, args, where: str, ts=None):
+    """``x1`` if it is finite (or traced); else ``RuntimeError`` naming where ``u`` went NaN/inf.
+
+    One check of the output; the field is walked again only when it failed, over ``ts`` (times,
+    or a function giving them, built only then; default 64 uniform steps).
+    """
+    if isinstance(x1, jax.core.Tracer) or bool(jnp.all(jnp.isfinite(x1))):
+        return x1
+    ts = ts() if callable(ts) else ts
+    if isinstance(ts, jax.core.Tracer):
+        ts = None
+    raise RuntimeError(nonfinite_message(u, jnp.asarray(x0), args, where, ts))

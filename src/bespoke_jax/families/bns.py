@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bespoke_jax.core.checks import as_noise, check_learned_nfe, checked_field
+from bespoke_jax.core.checks import as_noise, check_learned_nfe, checked_field, finite_or_raise
 from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.outputs import broadcast_scale
 from bespoke_jax.core.schedulers import Scheduler
@@ -178,7 +178,7 @@ class BNS:
         def step(carry, inputs):
             x, buffer = carry
             i, t, row = inputs
-            velocity = jnp.reshape(field(t, x, args), (1, -1))
+            velocity = jnp.reshape(field(t, x, args), (1, -1)).astype(buffer.dtype)
             buffer = lax.dynamic_update_index_in_dim(buffer, velocity, i + 1, 0)
             return (jnp.reshape(combine(row, buffer), x0.shape), buffer), None
 
@@ -186,7 +186,8 @@ class BNS:
         buffer = buffer.at[0].set(jnp.reshape(start, -1))
         inputs = (jnp.arange(self.nfe), ts, weights)
         (x, _), _ = lax.scan(step, (broadcast_scale(a[..., 0], start) * start, buffer), inputs)
-        return x if transform is None else x / transform.s(1.0)
+        x1 = x if transform is None else x / transform.s(1.0)
+        return finite_or_raise(x1, u, x0, args, "BNS sampling")
 
     def loss(self, params, u: Callable, batch: TrainingData, args=None) -> jax.Array:
         """``E log ||x_n - x(1)||^2`` (RMS norm; BNS eq. 13 without its sign): minimise it."""

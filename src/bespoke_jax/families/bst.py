@@ -42,7 +42,13 @@ import numpy as np
 import optax
 from jax import lax
 
-from bespoke_jax.core.checks import MAX_LEARNED_NFE, as_noise, check_count, checked_field
+from bespoke_jax.core.checks import (
+    MAX_LEARNED_NFE,
+    as_noise,
+    check_count,
+    checked_field,
+    finite_or_raise,
+)
 from bespoke_jax.core.metrics import per_sample_mse, rmse
 from bespoke_jax.core.transforms import ScaleTime
 from bespoke_jax.truth.data import TrainingData
@@ -177,11 +183,13 @@ class BST:
         h = 1.0 / self.num_steps
         t, dt, s, ds = c["t"], c["dt"], c["s"], c["ds"]
         if self.source == "rk1":
-            v = u(t[i], x, args)
+            v = u(t[i], x, args).astype(x.dtype)
             return ((s[i] + h * ds[i]) / s[i + 1]) * x + (h * dt[i] * s[i] / s[i + 1]) * v
         j, mid, end = 2 * i, 2 * i + 1, 2 * i + 2
-        z = (s[j] + 0.5 * h * ds[j]) * x + (0.5 * h * s[j] * dt[j]) * u(t[j], x, args)
-        v = u(t[mid], z / s[mid], args)
+        z = (s[j] + 0.5 * h * ds[j]) * x + (0.5 * h * s[j] * dt[j]) * u(t[j], x, args).astype(
+            x.dtype
+        )
+        v = u(t[mid], z / s[mid], args).astype(x.dtype)
         return (s[j] / s[end]) * x + (h / s[end]) * ((ds[mid] / s[mid]) * z + dt[mid] * s[mid] * v)
 
     def step(self, params, i, x, u: Callable, args=None):
@@ -195,7 +203,7 @@ class BST:
         x1, _ = lax.scan(
             lambda x, i: (self._step(c, i, x, u, args), None), x0, jnp.arange(self.num_steps)
         )
-        return x1
+        return finite_or_raise(x1, u, x0, args, "BST sampling")
 
     def lipschitz(self, params) -> jax.Array:
         """``(n,)`` Lipschitz constants ``L_i`` of the steps, for a field with constant ``L_tau``.

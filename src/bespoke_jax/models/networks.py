@@ -85,9 +85,9 @@ class VelocityMLP(nnx.Module):
         Returns:
             ``(B, dim)``.
         """
-        c = self.time(time_embedding(t, self.time_dim))
+        c = self.time(time_embedding(t, self.time_dim).astype(x.dtype))
         if self.label is not None:
-            c = c + self.label(labels)
+            c = c + self.label(labels).astype(c.dtype)
         c = nnx.silu(c)
         h = self.input(x) + c
         for block in self.blocks:

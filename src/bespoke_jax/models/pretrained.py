@@ -111,17 +111,22 @@ def _concrete_nonzero(value) -> bool:
     return not isinstance(value, jax.core.Tracer) and bool(np.any(np.asarray(value) != 0))
 
 
-def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None) -> Callable:
-    """The field ``u(t, x, args)`` of a network applied to flattened samples."""
+def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None, dtype) -> Callable:
+    """The field ``u(t, x, args)`` of a network applied to flattened samples (cast to ``dtype``,
+    the network's, when given: it then returns that dtype)."""
 
     def forward(t, x, labels):
-        return nnx.merge(graphdef, state)(jnp.broadcast_to(t, x.shape[:1]), x, labels)
+        # Flax's layers mix a cast network's dtype with float32 statistics internally.
+        promotion = "standard" if dtype is not None else jax.config.jax_numpy_dtype_promotion
+        with jax.numpy_dtype_promotion(promotion):
+            return nnx.merge(graphdef, state)(jnp.broadcast_to(t, x.shape[:1]), x, labels)
 
     def velocity(t, x, args):
         if x.shape[1:] != shape:
             raise ValueError(f"x must have shape (B, *{shape}), got {x.shape}.")
+        t = jnp.asarray(t, x.dtype)  # the time embedding is computed at the solver's precision
         flat = x.reshape(x.shape[0], -1)
-        t = jnp.asarray(t, flat.dtype)
+        flat = flat if dtype is None else flat.astype(dtype)
         if null_label is None:
             return forward(t, flat, None).reshape(x.shape)
         labels, w = args["labels"], args["guidance"]
@@ -138,7 +143,7 @@ def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None) -
                 jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
             )
             cond, uncond = jnp.split(both, 2)
-            scale = broadcast_scale(w, flat)
+            scale = broadcast_scale(w, flat).astype(cond.dtype)
             return (1.0 + scale) * cond - scale * uncond
 
         # w = 0 (every sample's) needs only the conditional pass (d u / d w is not traced
@@ -149,14 +154,19 @@ def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None) -
     return velocity
 
 
-def from_model(model: nnx.Module, metadata: Mapping, identity: str = "") -> Pretrained:
-    """A record around an in-memory network and its metadata (the ``NAME.json`` content)."""
+def from_model(model: nnx.Module, metadata: Mapping, identity: str = "", dtype=None) -> Pretrained:
+    """A record around an in-memory network and its metadata (the ``NAME.json`` content), its
+    floating-point parameters and inputs cast to ``dtype`` when given."""
     graphdef, state = nnx.split(model)
+    if dtype is not None:
+        state = jax.tree.map(
+            lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, state
+        )
     shape = tuple(metadata["shape"])
     num_classes = metadata["num_classes"]
     return Pretrained(
         name=metadata["name"],
-        velocity=_velocity(graphdef, state, shape, num_classes),
+        velocity=_velocity(graphdef, state, shape, num_classes, dtype),
         shape=shape,
         scheduler=scheduler_from_config(metadata["scheduler"]),
         prediction=metadata["prediction"],
@@ -178,8 +188,9 @@ def save(directory, model: nnx.Module, metadata: Mapping) -> Path:
     return path
 
 
-def load(name: str, directory=WEIGHTS_DIR) -> Pretrained:
-    """Load model ``name`` from ``directory`` (no network access, no training)."""
+def load(name: str, directory=WEIGHTS_DIR, dtype=None) -> Pretrained:
+    """Load model ``name`` from ``directory`` (no network access, no training), the network run
+    in ``dtype`` when given (e.g. ``jnp.bfloat16``)."""
     directory = Path(directory)
     weights, meta_path = directory / f"{name}.msgpack", directory / f"{name}.json"
     if not (weights.is_file() and meta_path.is_file()):
@@ -189,18 +200,22 @@ def load(name: str, directory=WEIGHTS_DIR) -> Pretrained:
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(metadata["architecture"])))
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, serialization.msgpack_restore(raw)))
     model = nnx.merge(graphdef, state)
-    return from_model(model, metadata, identity=hashlib.sha256(raw).hexdigest())
+    return from_model(model, metadata, identity=hashlib.sha256(raw).hexdigest(), dtype=dtype)
 
 
 @functools.cache
-def pretrained(name: str) -> Pretrained:
+def pretrained(name: str, dtype=None) -> Pretrained:
     """A pre-trained model shipped with the package: ``"checkerboard"`` or ``"digits"``.
 
     ``"checkerboard"``: unconditional 2-D points (shape ``(2,)``) on the dark squares of a 4x4
     board on ``[-2, 2]^2``. ``"digits"``: 8x8 handwritten digits (shape ``(8, 8)``, pixels in
     [-1, 1]), class-conditional with classifier-free guidance (10 classes, null label 10).
-    Both are CondOT flow-matching velocity fields. The record is cached: one object per name.
+    Both are CondOT flow-matching velocity fields. The record is cached: one object per name
+    and ``dtype``.
+
+    ``dtype`` (e.g. ``jnp.bfloat16``) runs the network in that dtype: parameters and inputs are
+    cast and ``.velocity`` returns it; solvers keep float32 state and return float32.
     """
     if name not in NAMES:
         raise ValueError(f"Unknown pre-trained model {name!r}; valid names: {list(NAMES)}.")
-    return load(name)
+    return load(name, dtype=dtype)

@@ -19,15 +19,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from bespoke_jax.core.checks import require_scheduler
-from bespoke_jax.core.schedulers import VE
+from bespoke_jax.core.schedulers import VE, reaches_data
 from bespoke_jax.core.transforms import scheduler_change
 from bespoke_jax.solvers._generic import solver_grid
 from bespoke_jax.solvers._grids import KARRAS_SIGMA_MAX
-from bespoke_jax.solvers._spec import NFERule
+from bespoke_jax.solvers._spec import NFERule, reports_nonfinite
 
 HEUN_FINAL_EULER = NFERule(nfe_per_step=2, nfe_saved=1)
 
 
+@reports_nonfinite(HEUN_FINAL_EULER, "edm")
 def edm(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
     """EDM: Heun on the Karras noise levels, a final Euler step, ``nfe = 2 N - 1`` (odd).
 
@@ -55,9 +56,11 @@ def edm(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> j
     )
     target = VE(KARRAS_SIGMA_MAX)
     ubar, transform = scheduler_change(u, scheduler, target)
-    # sigma = 0 is pinned at t = 1 (no gradient through VP's infinite sigma' there)
-    inner = jnp.where(ts[1:] < 1.0, ts[1:], 0.5)
-    levels = jnp.where(ts[1:] < 1.0, scheduler.sigma(inner) / scheduler.alpha(inner), 0.0)
+    # sigma = 0 is pinned at t = 1 where the path reaches the data (no gradient through VP's
+    # infinite sigma' there); a path ending at a noise level (DDPM, truncated) keeps its own.
+    pin = (ts[1:] >= 1.0) & reaches_data(scheduler)
+    inner = jnp.where(pin, 0.5, ts[1:])
+    levels = jnp.where(pin, 0.0, scheduler.sigma(inner) / scheduler.alpha(inner))
     rs = jnp.concatenate([jnp.zeros((1,), ts.dtype), 1.0 - levels / KARRAS_SIGMA_MAX])
     rs = eqx.error_if(
         rs, jnp.any(jnp.diff(rs) <= 0), "edm needs sigma_t / alpha_t < 80 at every grid t > 0."

@@ -9,7 +9,8 @@ with ``D_i`` the data prediction ``m_i = x1_hat(t_i, x_i)`` (DDIM) or a multiste
 ``m_i, m_{i-1}, ...`` (Lu et al. 2022; Zhao et al. 2023). The data prediction is read off the
 velocity, ``x1_hat = (sigma' x - sigma u) / (sigma' alpha - sigma alpha')``, so each solver is a
 linear combination of ``x0`` and the velocities. The model is never evaluated at ``t = 1``: the
-last step goes into ``sigma = 0`` (``lambda = +inf``) and is first order, ``x_n = m_{n-1}``.
+last step is first order and goes into ``sigma = 0`` (``lambda = +inf``, ``x_n = m_{n-1}``), or
+into ``sigma(1) > 0`` for a path that ends at a noise level (DDPM, truncated).
 ``lambda`` is ``-inf`` at ``t = 0`` when ``alpha_0 = 0`` (CondOT, cosine); a history point there
 is infinitely far in ``lambda`` and drops out of the multistep corrections (their limit).
 
@@ -29,19 +30,22 @@ from jax import lax
 
 from bespoke_jax.core.checks import require_scheduler
 from bespoke_jax.core.outputs import data_prediction
-from bespoke_jax.core.schedulers import Scheduler
+from bespoke_jax.core.schedulers import Scheduler, reaches_data
 from bespoke_jax.solvers._generic import ONE_PER_STEP, solver_grid
+from bespoke_jax.solvers._spec import reports_nonfinite
 
 
 class _Grid:
     """``alpha, sigma, lambda`` at the grid points and the first-order coefficients of each step.
 
-    The data end ``t = 1`` is pinned to ``alpha = 1, sigma = 0, lambda = +inf`` (no gradient flows
-    through it: VP's ``sigma'`` is infinite there) and ``lambda = -inf`` where ``alpha = 0``.
+    The data end ``t = 1`` is pinned to ``alpha = 1, sigma = 0, lambda = +inf`` when the path
+    reaches the data there (no gradient flows through it: VP's ``sigma'`` is infinite there; a
+    path that ends at a noise level, as DDPM's or a truncated one, keeps its own values) and
+    ``lambda = -inf`` where ``alpha = 0``.
     """
 
     def __init__(self, scheduler: Scheduler, ts):
-        data_end = ts >= 1.0
+        data_end = (ts >= 1.0) & reaches_data(scheduler)
         ts = jnp.where(data_end, 0.5, ts)
         self.alpha = jnp.where(data_end, 1.0, scheduler.alpha(ts))
         self.sigma = jnp.where(data_end, 0.0, scheduler.sigma(ts))
@@ -87,6 +91,7 @@ def _data_prediction(u: Callable, scheduler: Scheduler) -> Callable:
     return lambda t, x, args: x1_hat(t, x, u(t, x, args))
 
 
+@reports_nonfinite(ONE_PER_STEP)
 def ddim(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
     """DDIM: the first-order exponential integrator in data prediction, one NFE per step.
 
@@ -149,6 +154,7 @@ def _dpm_coefficients(ts, scheduler: Scheduler, orders: tuple[int, ...]):
     return g.a, coeffs
 
 
+@reports_nonfinite(ONE_PER_STEP)
 def dpm_solver_pp(
     u: Callable,
     x0,
@@ -289,6 +295,7 @@ def _unipc_coefficients(ts, scheduler: Scheduler, orders: tuple[int, ...]):
     return g.a, pred, corr, new
 
 
+@reports_nonfinite(ONE_PER_STEP)
 def unipc(
     u: Callable,
     x0,

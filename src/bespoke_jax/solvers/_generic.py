@@ -15,7 +15,7 @@ from jax import lax
 
 from bespoke_jax.core.checks import as_noise, checked_field
 from bespoke_jax.solvers._grids import resolve_grid
-from bespoke_jax.solvers._spec import NFERule
+from bespoke_jax.solvers._spec import NFERule, reports_nonfinite
 
 ONE_PER_STEP = NFERule(1)
 TWO_PER_STEP = NFERule(2)
@@ -49,6 +49,7 @@ def _scan_steps(step, x0, ts):
     return x1
 
 
+@reports_nonfinite(ONE_PER_STEP)
 def euler(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
     """Euler (order 1), one NFE per step: ``x_{i+1} = x_i + h_i u(t_i, x_i)``.
 
@@ -67,6 +68,7 @@ def euler(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) ->
     return _scan_steps(lambda x, t, t1: x + (t1 - t) * u(t, x, args), x0, ts)
 
 
+@reports_nonfinite(TWO_PER_STEP)
 def midpoint(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
     """Explicit midpoint (RK2, order 2), two NFE per step (``nfe`` even; ``nfe / 2`` steps).
 
@@ -83,6 +85,7 @@ def midpoint(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None)
     return _scan_steps(step, x0, ts)
 
 
+@reports_nonfinite(TWO_PER_STEP)
 def heun(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
     """Heun (explicit trapezoidal RK2, order 2), two NFE per step (``nfe`` even).
 
@@ -101,6 +104,7 @@ def heun(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> 
     return _scan_steps(step, x0, ts)
 
 
+@reports_nonfinite(FOUR_PER_STEP)
 def rk4(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
     """The classic Runge-Kutta method (order 4), four NFE per step (``nfe`` a multiple of 4).
 
@@ -122,6 +126,7 @@ def rk4(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> j
     return _scan_steps(step, x0, ts)
 
 
+@reports_nonfinite(ONE_PER_STEP)
 def ipndm(u: Callable, x0, *, nfe: int, args=None, scheduler=None, grid=None) -> jax.Array:
     """Improved PNDM (Zhang & Chen 2022), one NFE per step.
 

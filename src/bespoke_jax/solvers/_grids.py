@@ -9,8 +9,10 @@ Three named grids and explicit arrays:
   then set to exactly 0 and 1: the first step starts at the noise, the last one ends at the data.
 - ``"edm"``: the Karras et al. grid of ``n`` noise levels in the EDM (VE) parametrisation
   ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho`` (rho = 7, smin = 0.002,
-  smax = 80) and a final ``sigma_n = 0``, mapped to time by ``snr(t_i) = 1 / sigma_i`` (for CondOT
-  ``t = 1 / (1 + sigma)``); the first point (smax) is set to t = 0, where the solve starts.
+  smax = 80, narrowed to the scheduler's own ``sigma / alpha`` range) and a final ``sigma_n = 0``
+  (``n + 1`` levels, the last at the end, for a path that ends at a noise level: DDPM,
+  truncated), mapped to time by ``snr(t_i) = 1 / sigma_i`` (for CondOT ``t = 1 / (1 + sigma)``);
+  the first point (smax) is set to t = 0, where the solve starts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bespoke_jax.core.checks import require_scheduler
-from bespoke_jax.core.schedulers import Scheduler
+from bespoke_jax.core.schedulers import Scheduler, reaches_data
 
 GRIDS = ("uniform", "logsnr", "edm")
 LOGSNR_EPS = 1e-3
@@ -40,6 +42,14 @@ def karras_sigmas(num_sigmas: int, sigma_min=KARRAS_SIGMA_MIN, sigma_max=KARRAS_
     ramp = jnp.linspace(0.0, 1.0, num_sigmas)
     lo, hi = sigma_min ** (1.0 / KARRAS_RHO), sigma_max ** (1.0 / KARRAS_RHO)
     return (hi + ramp * (lo - hi)) ** KARRAS_RHO
+
+
+def _karras_range(scheduler: Scheduler) -> tuple[float, float]:
+    """``[0.002, 80]`` within the scheduler's own ``sigma / alpha`` range (DDPM's ends at 0.01)."""
+    with jax.ensure_compile_time_eval():
+        ends = jnp.array([1.0, 0.0])
+        lo, hi = np.asarray(scheduler.sigma(ends) / scheduler.alpha(ends), dtype=float)
+    return max(KARRAS_SIGMA_MIN, lo), min(KARRAS_SIGMA_MAX, hi)
 
 
 def make_grid(kind: str, num_steps: int, scheduler: Scheduler | None = None) -> jax.Array:
@@ -64,7 +74,11 @@ def make_grid(kind: str, num_steps: int, scheduler: Scheduler | None = None) -> 
         t = scheduler.snr_inverse(jnp.exp(jnp.linspace(lam_lo, lam_hi, num_steps + 1)))
     elif kind == "edm":
         require_scheduler(f"grid={kind!r}", scheduler)
-        sigmas = jnp.append(karras_sigmas(num_steps), 0.0)
+        lo, hi = _karras_range(scheduler)
+        if reaches_data(scheduler):
+            sigmas = jnp.append(karras_sigmas(num_steps, lo, hi), 0.0)
+        else:  # the path ends at a noise level: the last Karras level is that end
+            sigmas = karras_sigmas(num_steps + 1, lo, hi)
         t = scheduler.snr_inverse_ratio(jnp.ones_like(sigmas), sigmas)
     else:
         raise ValueError(f"Unknown grid {kind!r}; valid grids: {GRIDS} or an explicit array.")

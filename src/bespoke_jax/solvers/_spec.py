@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
 
-from bespoke_jax.core.checks import MAX_NFE
+from bespoke_jax.core.checks import MAX_NFE, finite_or_raise
+from bespoke_jax.core.outputs import Velocity
+from bespoke_jax.solvers._grids import resolve_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +66,36 @@ class SolverSpec:
     rule: NFERule
     requires_scheduler: bool = False
     default_grid: str = "uniform"
+
+
+def reports_nonfinite(rule: NFERule, default_grid: str = "uniform"):
+    """Decorate a solver so that a NaN/inf result raises ``RuntimeError`` naming where the field
+    first went non-finite (grid point and time of an Euler walk on the solver's grid), so that
+    a ``Velocity`` field supplies its own scheduler (a different one is refused), and so that
+    the solver's state keeps ``x0``'s dtype whatever the field returns (a bfloat16 network).
+
+    The result is checked once, outside any loop; the field is walked only when it failed, and
+    traced calls (under ``jax.jit``) are left alone.
+    """
+
+    def decorate(solver):
+        @functools.wraps(solver)
+        def checked(u, x0, *, nfe, args=None, scheduler=None, grid=None, **options):
+            if isinstance(u, Velocity):  # a wrapped model knows the path of its time
+                if scheduler is None:
+                    scheduler = u.scheduler
+                elif scheduler != u.scheduler:
+                    raise ValueError(
+                        f"{solver.__name__}: this field runs on {u.scheduler} (its model's "
+                        f"{u.source} truncated where the conversion is singular); pass "
+                        f"scheduler=u.scheduler or none."
+                    )
+            field = lambda t, x, a: u(t, x, a).astype(x.dtype)  # noqa: E731  (bfloat16 models)
+            x1 = solver(field, x0, nfe=nfe, args=args, scheduler=scheduler, grid=grid, **options)
+            steps = rule.steps(nfe, solver.__name__)
+            ts = lambda: resolve_grid(grid, steps, scheduler, default_grid)  # noqa: E731
+            return finite_or_raise(x1, u, x0, args, solver.__name__, ts)
+
+        return checked
+
+    return decorate

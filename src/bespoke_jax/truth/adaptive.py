@@ -53,7 +53,7 @@ def _checked(u: Callable) -> Callable:
     u = checked_field(u)
 
     def field(t, x, args):
-        out = u(t, x, args)
+        out = u(t, x, args).astype(x.dtype)  # a bfloat16 network still gets a float32 solve
         return eqx.error_if(
             out,
             ~jnp.all(jnp.isfinite(out)),

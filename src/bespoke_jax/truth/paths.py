@@ -55,7 +55,9 @@ def path_velocities(u, ts: jax.Array, xs: jax.Array, args=None) -> jax.Array:
       xs: ``(N, S, *shape)`` the path at ``ts``.
       args: the field's args for the N samples.
     """
-    us = jax.lax.map(lambda tx: u(tx[0], tx[1], args), (ts, jnp.swapaxes(xs, 0, 1)))
+    us = jax.lax.map(
+        lambda tx: u(tx[0], tx[1], args).astype(xs.dtype), (ts, jnp.swapaxes(xs, 0, 1))
+    )
     return jnp.swapaxes(us, 0, 1)
 
 
