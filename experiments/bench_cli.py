@@ -4,7 +4,7 @@ Each row runs a fresh interpreter ``--runs`` times and reports the median wall t
 and as a ratio to ``python -c pass`` (the interpreter's own start-up); ``import jax`` is shown for
 scale. The command line runs as its console script does: ``main()`` of ``bespoke_jax.app.cli``.
 
-    python experiments/bench_cli.py --runs 5
+    python -m experiments.bench_cli --runs 5   # also writes runs/bench_cli.md
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bespoke_jax.app.report import records_table
+from bespoke_jax.io.files import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
 
 _CLI = "import sys; from bespoke_jax.app.cli import main; sys.argv[0] = 'bespoke-jax'; main()"
 COMMANDS = ((), ("demo",), ("train",), ("eval",), ("sample",), ("export",))
@@ -31,10 +35,10 @@ def median_seconds(argv: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per row (the median is shown)")
-    runs = parser.parse_args().runs
+    runs = parser.parse_args(argv).runs
     python = sys.executable
     measured = {"python -c pass": [python, "-c", "pass"]}
     for command in COMMANDS:
@@ -44,8 +48,13 @@ def main() -> None:
     seconds = {name: median_seconds(argv, runs) for name, argv in measured.items()}
     baseline = seconds["python -c pass"]
     rows = [{"command": k, "seconds": v, "x python": v / baseline} for k, v in seconds.items()]
-    print(f"Median of {runs} runs each.\n")
-    print(records_table(rows))
+    text = (
+        "## Command-line start-up (`--help`, seconds)\n\n"
+        f"{records_table(rows)}\n\nMedian of {runs} runs each; the package imports JAX only "
+        "when a command runs."
+    )
+    print(text)
+    atomic_write(ROOT / "runs" / "bench_cli.md", text + "\n")
 
 
 if __name__ == "__main__":
