@@ -29,7 +29,7 @@ NAME = "patches16"
 ARCHITECTURE = {"channels": 3, "widths": [16, 32, 64], "num_classes": 7, "emb_dim": 64}
 # One step per jitted call: XLA on CPU runs convolutions inside a scan's loop ~20x slower.
 CONFIG = TrainConfig(
-    steps=4000,
+    steps=3000,
     batch_size=64,
     learning_rate=2e-3,
     warmup_steps=200,

@@ -88,13 +88,15 @@ def _photograph(name: str) -> np.ndarray:
     return (image * 2.0 - 1.0).astype(np.float32)
 
 
-def _corners(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training and test top-left corners in a ``height x width`` photograph."""
+def patch_corners(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and test top-left corners in a ``height x width`` photograph.
+
+    Returns:
+        ``(train (n, 2), test (m, 2))`` int32: corners of patches touching no held-out block,
+        and of patches inside one held-out block.
+    """
     i, j = np.meshgrid(np.arange(height - PATCH + 1), np.arange(width - PATCH + 1), indexing="ij")
     i, j = i.ravel(), j.ravel()
-
-    def held_out(row, col):
-        return (row // BLOCK * 3 + col // BLOCK) % HOLDOUT == 0
 
     last = PATCH - 1
     corners = [held_out(i + a, j + b) for a in (0, last) for b in (0, last)]
@@ -103,6 +105,11 @@ def _corners(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     train = ~np.any(corners, axis=0)
     both = np.stack([i, j], axis=-1).astype(np.int32)
     return both[train], both[test]
+
+
+def held_out(row, col):
+    """Whether pixel ``(row, col)`` lies in a held-out block (arrays broadcast)."""
+    return (row // BLOCK * 3 + col // BLOCK) % HOLDOUT == 0
 
 
 @functools.cache
@@ -114,7 +121,7 @@ def patches() -> Patches:
     padded = np.zeros((len(images), height, width, 3), np.float32)
     for k, x in enumerate(images):
         padded[k, : x.shape[0], : x.shape[1]] = x
-    train, test = zip(*(_corners(*x.shape[:2]) for x in images), strict=True)
+    train, test = zip(*(patch_corners(*x.shape[:2]) for x in images), strict=True)
     return Patches(padded, tuple(train), tuple(test))
 
 

@@ -43,7 +43,8 @@ class TrainConfig:
         ema_decay: the EMA decay (ramped up as ``(1 + n) / (10 + n)`` early on).
         label_dropout: probability of the null label (class-conditional models only).
         seed: seed of the initialisation and of the data, time and noise draws.
-        steps_per_call: optimiser steps run inside one jitted ``lax.scan``.
+        steps_per_call: optimiser steps run inside one jitted ``lax.scan`` (1: a plain jitted step,
+            no loop; convolutional networks on CPU need it).
     """
 
     steps: int
@@ -131,7 +132,17 @@ def fit(
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         return (params, ema, opt_state, n + 1), value
 
-    run = jax.jit(lambda carry, keys: jax.lax.scan(step, carry, keys))
+    if config.steps_per_call == 1:
+        # Not a loop of one step: XLA on CPU runs convolutions inside loops many times slower.
+        one = jax.jit(step)
+
+        def run(carry, keys):
+            carry, value = one(carry, keys[0])
+            return carry, value[None]
+
+    else:
+        run = jax.jit(lambda carry, keys: jax.lax.scan(step, carry, keys))
+
     carry = (params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
     keys = jax.random.split(jax.random.key(config.seed + 1), config.steps)
     losses = []
