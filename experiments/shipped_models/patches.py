@@ -88,6 +88,11 @@ def _photograph(name: str) -> np.ndarray:
     return (image * 2.0 - 1.0).astype(np.float32)
 
 
+def held_out(row, col):
+    """Whether pixel ``(row, col)`` lies in a held-out block (arrays broadcast)."""
+    return (row // BLOCK * 3 + col // BLOCK) % HOLDOUT == 0
+
+
 def patch_corners(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Training and test top-left corners in a ``height x width`` photograph.
 
@@ -105,11 +110,6 @@ def patch_corners(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     train = ~np.any(corners, axis=0)
     both = np.stack([i, j], axis=-1).astype(np.int32)
     return both[train], both[test]
-
-
-def held_out(row, col):
-    """Whether pixel ``(row, col)`` lies in a held-out block (arrays broadcast)."""
-    return (row // BLOCK * 3 + col // BLOCK) % HOLDOUT == 0
 
 
 @functools.cache
@@ -134,7 +134,7 @@ def training_sampler(data: Patches):
     counts = np.array([len(c) for c in data.train])
     offsets = jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]))
     corners = jnp.asarray(np.concatenate(data.train))
-    counts = jnp.asarray(counts)
+    counts = jnp.asarray(counts, jnp.float32)
 
     def one(label, corner):
         start = (label, corner[0], corner[1], 0)
@@ -144,7 +144,8 @@ def training_sampler(data: Patches):
         k_class, k_patch = jax.random.split(key)
         labels = jax.random.randint(k_class, (batch_size,), 0, data.num_classes)
         u = jax.random.uniform(k_patch, (batch_size,))
-        index = offsets[labels] + jnp.floor(u * counts[labels]).astype(jnp.int32)
+        within = jnp.minimum(jnp.floor(u * counts[labels]), counts[labels] - 1)
+        index = offsets[labels] + within.astype(jnp.int32)
         return jax.vmap(one)(labels, corners[index]), labels
 
     return sample
