@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from flax import nnx, serialization
 
 from bespoke_jax.models import pretrained as _pretrained
 from bespoke_jax.models.networks import num_params
@@ -61,10 +62,13 @@ def main(argv: list[str] | None = None) -> dict:
         value = getattr(CONFIG, field.name)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--no-quality", action="store_true", help="skip the quality measurement")
+    parser.add_argument(
+        "--init", default=None, help="a directory with patches16.{msgpack,json} to continue from"
+    )
     argv = sys.argv[1:] if argv is None else argv
     options = vars(parser.parse_args(argv))
     out, log = options.pop("out"), Path(options.pop("log"))
-    skip_quality = options.pop("no_quality")
+    skip_quality, init = options.pop("no_quality"), options.pop("init")
     config = TrainConfig(**options)
     if ARCHITECTURE["num_classes"] != len(_patches.PHOTOGRAPHS):
         raise ValueError("ARCHITECTURE['num_classes'] must equal the number of photographs.")
@@ -92,6 +96,16 @@ def main(argv: list[str] | None = None) -> dict:
             _pretrained.save(Path(out) / "checkpoint", ema_model, metadata)
 
     model = build_unet(ARCHITECTURE, seed=config.seed)
+    earlier = {"wall_seconds": 0.0, "cpu_seconds": 0.0, "model_forwards": 0}
+    if init is not None:
+        # A later stage: start from the earlier stage's (EMA) weights and add up the costs.
+        stage = json.loads((Path(init) / f"{NAME}.json").read_text())
+        earlier = stage["training_cost"]
+        metadata["earlier_stage"] = {k: stage[k] for k in ("training", "training_cost", "command")}
+        state = nnx.state(model)
+        raw = (Path(init) / f"{NAME}.msgpack").read_bytes()
+        nnx.replace_by_pure_dict(state, serialization.msgpack_restore(raw))
+        nnx.update(model, state)
     sampler = _patches.training_sampler(_patches.patches())
     fit = fit_eps(
         model,
@@ -103,9 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
         on_chunk=on_chunk,
     )
     metadata["training_cost"] = {
-        "wall_seconds": round(fit.wall_seconds, 1),
-        "cpu_seconds": round(fit.cpu_seconds, 1),
-        "model_forwards": fit.model_forwards,
+        "wall_seconds": round(earlier["wall_seconds"] + fit.wall_seconds, 1),
+        "cpu_seconds": round(earlier["cpu_seconds"] + fit.cpu_seconds, 1),
+        "model_forwards": earlier["model_forwards"] + fit.model_forwards,
         "num_params": num_params(fit.model),
         "final_loss": float(fit.losses[-config.steps_per_call :].mean()),
     }

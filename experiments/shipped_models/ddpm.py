@@ -12,7 +12,7 @@ def linear_alphas_cumprod(beta_start=1e-4, beta_end=0.02, num_timesteps=1000) ->
     return np.cumprod(1.0 - np.linspace(beta_start, beta_end, num_timesteps))
 
 
-def ddim_sample(eps, x_noise, alphas_cumprod, steps: int = 100):
+def ddim_sample(eps, x_noise, alphas_cumprod, steps: int = 100, clip: float | None = None):
     """Deterministic DDIM (the probability-flow ODE of a discrete DDPM schedule).
 
     ``x_{prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat`` with ``x0_hat = (x -
@@ -25,6 +25,8 @@ def ddim_sample(eps, x_noise, alphas_cumprod, steps: int = 100):
         x_noise: ``(B, ...)`` standard normal noise.
         alphas_cumprod: ``abar_k``, ``(N,)``.
         steps: number of model calls.
+        clip: if given, ``x0_hat`` is clipped to ``[-clip, clip]`` and ``eps_hat`` recomputed
+            from it (diffusers' ``clip_sample``): no longer the ODE of the network's field.
 
     Returns:
         ``(B, ...)`` samples.
@@ -37,6 +39,9 @@ def ddim_sample(eps, x_noise, alphas_cumprod, steps: int = 100):
         a, a_prev = abar[k], jnp.where(k_prev < 0, 1.0, abar[k_prev])
         e = eps(x, jnp.full(x.shape[:1], k, x.dtype))
         x0 = (x - jnp.sqrt(1.0 - a) * e) / jnp.sqrt(a)
+        if clip is not None:
+            x0 = jnp.clip(x0, -clip, clip)
+            e = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
         return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * e
 
     x = x_noise

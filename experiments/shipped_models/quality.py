@@ -215,7 +215,8 @@ def patches_quality(
 
     Returns:
         A dict: ``classifier_test_accuracy`` (real held-out patches), ``unguided_accuracy``
-        (``w = 0``), ``guided_accuracy``, ``guidance``, ``num_samples`` and ``sampler``.
+        (``w = 0``), ``guided_accuracy``, ``guided_clipped_accuracy`` (DDIM with ``x0_hat``
+        clipped to the data range [-1, 1]), ``guidance``, ``num_samples`` and ``sampler``.
     """
     data = patches()
     classifier, real_accuracy = patches_classifier()
@@ -233,12 +234,13 @@ def patches_quality(
         return (1.0 + guidance) * cond - guidance * uncond
 
     quality = {"classifier_test_accuracy": real_accuracy}
-    for prefix, eps in (
-        ("unguided", lambda x, timestep: network(x, timestep, labels)),
-        ("guided", guided),
+    for prefix, eps, clip in (
+        ("unguided", lambda x, timestep: network(x, timestep, labels), None),
+        ("guided", guided, None),
+        ("guided_clipped", guided, 1.0),
     ):
-        x = np.clip(np.asarray(ddim_sample(eps, x_noise, linear_alphas_cumprod(), steps)), -1, 1)
-        predicted = classifier.predict(x.reshape(len(x), -1))
+        x = ddim_sample(eps, x_noise, linear_alphas_cumprod(), steps, clip)
+        predicted = classifier.predict(np.clip(np.asarray(x), -1, 1).reshape(len(x), -1))
         quality[f"{prefix}_accuracy"] = float((predicted == np.asarray(labels)).mean())
     quality.update(guidance=guidance, num_samples=len(labels), sampler=f"ddim, {steps} steps")
     return quality
