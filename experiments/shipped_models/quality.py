@@ -202,7 +202,7 @@ def patches_classifier(per_class: int = 500, test_per_class: int = 300):
 
 
 def patches_quality(
-    network, per_class: int = 50, guidance: float = 2.0, steps: int = 50, seed: int = 0
+    network, per_class: int = 100, guidance: float = 2.0, steps: int = 50, seed: int = 0
 ) -> dict:
     """How often a classifier of real patches names the photograph a guided sample was drawn for.
 
