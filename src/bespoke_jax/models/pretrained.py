@@ -26,7 +26,7 @@ from bespoke_jax.models.networks import build_model
 from bespoke_jax.models.unet import build_unet
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-NAMES = ("checkerboard", "digits")
+NAMES = ("checkerboard", "digits", "patches16")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -241,12 +241,16 @@ def load(name: str, directory=WEIGHTS_DIR, dtype=None) -> Pretrained:
 
 @functools.cache
 def pretrained(name: str, dtype=None) -> Pretrained:
-    """A pre-trained model shipped with the package: ``"checkerboard"`` or ``"digits"``.
+    """A pre-trained model shipped with the package: ``"checkerboard"``, ``"digits"`` or
+    ``"patches16"``.
 
     ``"checkerboard"``: unconditional 2-D points (shape ``(2,)``) on the dark squares of a 4x4
     board on ``[-2, 2]^2``. ``"digits"``: 8x8 handwritten digits (shape ``(8, 8)``, pixels in
     [-1, 1]), class-conditional with classifier-free guidance (10 classes, null label 10).
-    Both are CondOT flow-matching velocity fields. The record is cached: one object per name
+    Both are CondOT flow-matching velocity fields. ``"patches16"``: 16x16 RGB patches of seven
+    photographs (shape ``(16, 16, 3)``, pixels in [-1, 1], one class per photograph, null label
+    7), a conv UNet noise predictor (``prediction == "eps"``) on ``bj.ddpm("linear")``, its
+    ``.velocity`` converted by ``bj.to_velocity``. The record is cached: one object per name
     and ``dtype``.
 
     ``dtype`` (e.g. ``jnp.bfloat16``) runs the network in that dtype: parameters and inputs are

@@ -128,8 +128,10 @@ class UNet(nnx.Module):
         Returns:
             ``(B, H, W, C)``, the predicted noise.
         """
-        timestep = jnp.broadcast_to(jnp.asarray(timestep, x.dtype), x.shape[:1])
+        # The embedding in float32 (timesteps up to 999 are not exact in bfloat16), then x's dtype.
+        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32), x.shape[:1])
         e = time_embedding(timestep / MAX_TIMESTEP, self.emb_dim, max_frequency=MAX_TIMESTEP)
+        e = e.astype(x.dtype)
         e = self.time2(nnx.silu(self.time1(e))) + self.label(labels)
         e = nnx.silu(e)
         h = self.input(x)
