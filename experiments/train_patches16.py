@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
         metadata["quality"] = _quality.patches_quality(fit.model)
         _pretrained.save(out, fit.model, metadata)
     print(json.dumps({k: metadata.get(k) for k in ("training_cost", "quality")}, indent=2))
+    for miss in [] if skip_quality else _quality.missed_targets(NAME, metadata["quality"]):
+        print(f"target missed: {miss}")
     return metadata
 
 
