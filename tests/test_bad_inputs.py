@@ -90,7 +90,7 @@ def saved(tmp_path_factory):
             r"must have shape \(3,\) to match means",
         ),
         (lambda: bj.GaussianMixture(jnp.zeros(3), jnp.ones(3), jnp.ones(3)), r"shape \(K, d\)"),
-        (lambda: bj.pretrained("mnist"), r"valid names: \['checkerboard', 'digits'\]"),
+        (lambda: bj.pretrained("mnist"), r"valid names: \['checkerboard', 'digits', 'patches16'\]"),
         (lambda: bj.pretrained("checkerboard").args(guidance=2.0), r"without labels or guidance"),
         (lambda: bj.pretrained("digits").args(), r"pass labels, ints of shape \(B,\)"),
         (lambda: bj.pretrained("digits").args(labels=np.array([3, 11])), r"lie in \[0, 10\]"),

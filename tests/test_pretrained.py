@@ -59,7 +59,10 @@ def test_velocity_under_jit_vmap_and_grad(name):
     assert looped.shape == (3, *x.shape) and looped.dtype == x.dtype
     assert np.all(np.isfinite(looped))
     batched = jax.jit(jax.vmap(model.velocity, in_axes=(0, None, None)))(ts, x, args)
-    np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-5)
+    # Batched and looped convolutions round differently; an eps network's conversion to a
+    # velocity multiplies that by up to ~60 (sigma / alpha at t = 0.1 on the DDPM schedule).
+    atol = 1e-5 if model.prediction == "velocity" else 1e-4
+    np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=atol)
     grad = jax.jit(jax.grad(lambda x: model.velocity(0.5, x, args).sum()))(x)
     assert grad.shape == x.shape and np.all(np.isfinite(grad))
 

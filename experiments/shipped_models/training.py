@@ -1,9 +1,11 @@
-"""Training of the shipped models: CondOT flow matching with Flax NNX and Optax.
+"""Training of the shipped models with Flax NNX and Optax: CondOT flow matching, DDPM eps.
 
-The loss is ``E |u(t, x_t, y) - (x1 - x0)|^2`` with ``x_t = t x1 + (1 - t) x0``, ``t ~ U(0, 1)``,
-``x0 ~ N(0, I)``. Class-conditional models replace the label by the null label with probability
-``label_dropout`` (classifier-free guidance). Adam with warmup and cosine decay; the returned
-network holds an exponential moving average (EMA) of the weights.
+Flow matching: the loss is ``E |u(t, x_t, y) - (x1 - x0)|^2`` with ``x_t = t x1 + (1 - t) x0``,
+``t ~ U(0, 1)``, ``x0 ~ N(0, I)``. DDPM (``fit_eps``, the usual diffusion convention, timestep 0 is
+data): ``E |eps_hat(x_k, k, y) - eps|^2`` with ``x_k = sqrt(abar_k) x + sqrt(1 - abar_k) eps`` and
+``k`` uniform on ``0 .. N-1``. Class-conditional models replace the label by the null label with
+probability ``label_dropout`` (classifier-free guidance). Adam with warmup and cosine decay; the
+returned network holds an exponential moving average (EMA) of the weights.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class TrainConfig:
         ema_decay: the EMA decay (ramped up as ``(1 + n) / (10 + n)`` early on).
         label_dropout: probability of the null label (class-conditional models only).
         seed: seed of the initialisation and of the data, time and noise draws.
-        steps_per_call: optimiser steps run inside one jitted ``lax.scan``.
+        steps_per_call: optimiser steps run inside one jitted ``lax.scan`` (1: a plain jitted step,
+            no loop; convolutional networks on CPU need it).
     """
 
     steps: int
@@ -79,6 +82,87 @@ class FitResult:
     model_forwards: int
 
 
+def drop_labels(key, labels, null_label: int | None, probability: float):
+    """Replace each label by ``null_label`` with ``probability`` (classifier-free guidance)."""
+    if null_label is None:
+        return labels
+    return jnp.where(jax.random.bernoulli(key, probability, labels.shape), null_label, labels)
+
+
+def fit(
+    model: nnx.Module,
+    loss: Callable,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    on_chunk: Callable | None = None,
+):
+    """Minimise ``E loss(model, key)`` with Adam (warmup, cosine decay) and keep an EMA.
+
+    Args:
+        model: the network to train.
+        loss: ``loss(model, key) -> scalar``, one batch's loss, traceable.
+        config: optimisation settings.
+        progress: show a tqdm progress bar.
+        on_chunk: called as ``on_chunk(steps_done, ema_model, losses)`` after each jitted chunk
+            of ``config.steps_per_call`` steps (progress logs, checkpoints).
+
+    Returns:
+        A ``FitResult``; ``model`` itself is left unchanged.
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    graphdef, params = nnx.split(model)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0,
+        config.learning_rate,
+        min(config.warmup_steps, config.steps),
+        config.steps,
+        end_value=0.01 * config.learning_rate,
+    )
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+    def step(carry, key):
+        params, ema, opt_state, n = carry
+        value, grads = jax.value_and_grad(lambda p: loss(nnx.merge(graphdef, p), key))(params)
+        with jax.numpy_dtype_promotion("standard"):  # Optax mixes int step counts and floats
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        steps_done = n.astype(jnp.float32)
+        decay = jnp.minimum(config.ema_decay, (1.0 + steps_done) / (10.0 + steps_done))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        return (params, ema, opt_state, n + 1), value
+
+    if config.steps_per_call == 1:
+        # Not a loop of one step: XLA on CPU runs convolutions inside loops many times slower.
+        one = jax.jit(step)
+
+        def run(carry, keys):
+            carry, value = one(carry, keys[0])
+            return carry, value[None]
+
+    else:
+        run = jax.jit(lambda carry, keys: jax.lax.scan(step, carry, keys))
+
+    carry = (params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    keys = jax.random.split(jax.random.key(config.seed + 1), config.steps)
+    losses = []
+    with tqdm(total=config.steps, disable=not progress, desc="training") as bar:
+        for first in range(0, config.steps, config.steps_per_call):
+            carry, chunk = run(carry, keys[first : first + config.steps_per_call])
+            losses.append(np.asarray(chunk))
+            bar.update(len(losses[-1]))
+            bar.set_postfix(loss=f"{losses[-1].mean():.4f}")
+            if on_chunk is not None:
+                on_chunk(first + len(losses[-1]), nnx.merge(graphdef, carry[1]), losses[-1])
+    return FitResult(
+        model=nnx.merge(graphdef, carry[1]),
+        losses=np.concatenate(losses),
+        wall_seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
+        model_forwards=config.steps * config.batch_size,
+    )
+
+
 def fit_flow(
     model: nnx.Module,
     sample_data: Callable,
@@ -101,57 +185,57 @@ def fit_flow(
     Returns:
         A ``FitResult``; ``model`` itself is left unchanged.
     """
-    start, cpu_start = time.perf_counter(), time.process_time()
-    graphdef, params = nnx.split(model)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0,
-        config.learning_rate,
-        min(config.warmup_steps, config.steps),
-        config.steps,
-        end_value=0.01 * config.learning_rate,
-    )
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
-    def loss_fn(params, key):
+    def loss(model, key):
         k_data, k_t, k_noise, k_drop = jax.random.split(key, 4)
         x1, labels = sample_data(k_data, config.batch_size)
         t = jax.random.uniform(k_t, (config.batch_size,))
         x0 = jax.random.normal(k_noise, x1.shape)
-        if null_label is not None:
-            drop = jax.random.bernoulli(k_drop, config.label_dropout, labels.shape)
-            labels = jnp.where(drop, null_label, labels)
+        labels = drop_labels(k_drop, labels, null_label, config.label_dropout)
         x_t = t[:, None] * x1 + (1.0 - t[:, None]) * x0
-        prediction = nnx.merge(graphdef, params)(t, x_t, labels)
-        return jnp.mean(jnp.square(prediction - (x1 - x0)))
+        return jnp.mean(jnp.square(model(t, x_t, labels) - (x1 - x0)))
 
-    def step(carry, key):
-        params, ema, opt_state, n = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, key)
-        with jax.numpy_dtype_promotion("standard"):  # Optax mixes int step counts and floats
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-        steps_done = n.astype(jnp.float32)
-        decay = jnp.minimum(config.ema_decay, (1.0 + steps_done) / (10.0 + steps_done))
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-        return (params, ema, opt_state, n + 1), loss
+    return fit(model, loss, config, progress=progress)
 
-    run = jax.jit(lambda carry, keys: jax.lax.scan(step, carry, keys))
-    carry = (params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    keys = jax.random.split(jax.random.key(config.seed + 1), config.steps)
-    losses = []
-    with tqdm(total=config.steps, disable=not progress, desc="flow matching") as bar:
-        for first in range(0, config.steps, config.steps_per_call):
-            carry, chunk = run(carry, keys[first : first + config.steps_per_call])
-            losses.append(np.asarray(chunk))
-            bar.update(len(losses[-1]))
-            bar.set_postfix(loss=f"{losses[-1].mean():.4f}")
-    return FitResult(
-        model=nnx.merge(graphdef, carry[1]),
-        losses=np.concatenate(losses),
-        wall_seconds=time.perf_counter() - start,
-        cpu_seconds=time.process_time() - cpu_start,
-        model_forwards=config.steps * config.batch_size,
-    )
+
+def fit_eps(
+    model: nnx.Module,
+    sample_data: Callable,
+    config: TrainConfig,
+    alphas_cumprod: np.ndarray,
+    *,
+    null_label: int | None = None,
+    progress: bool = True,
+    on_chunk: Callable | None = None,
+) -> FitResult:
+    """Train a noise predictor on a discrete DDPM schedule (timestep 0 is data).
+
+    Args:
+        model: a network ``model(x (B, ...), timestep (B,), labels (B,) or None) -> eps_hat``.
+        sample_data: ``sample_data(key, batch_size) -> (x (B, ...), labels (B,) or None)``,
+            traceable.
+        config: optimisation settings.
+        alphas_cumprod: ``abar_k``, ``(N,)``.
+        null_label: the null label of a class-conditional model, else ``None``.
+        progress: show a tqdm progress bar.
+        on_chunk: see ``fit``.
+
+    Returns:
+        A ``FitResult``; ``model`` itself is left unchanged.
+    """
+    abar = jnp.asarray(alphas_cumprod, jnp.float32)
+
+    def loss(model, key):
+        k_data, k_step, k_noise, k_drop = jax.random.split(key, 4)
+        x, labels = sample_data(k_data, config.batch_size)
+        timestep = jax.random.randint(k_step, (config.batch_size,), 0, len(abar))
+        eps = jax.random.normal(k_noise, x.shape)
+        a = abar[timestep].reshape(-1, *(1,) * (x.ndim - 1))
+        x_k = jnp.sqrt(a) * x + jnp.sqrt(1.0 - a) * eps
+        labels = drop_labels(k_drop, labels, null_label, config.label_dropout)
+        return jnp.mean(jnp.square(model(x_k, timestep.astype(x.dtype), labels) - eps))
+
+    return fit(model, loss, config, progress=progress, on_chunk=on_chunk)
 
 
 def _checkerboard_data():

@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from bespoke_jax.core.outputs import broadcast_scale
+from bespoke_jax.core.outputs import broadcast_scale, to_velocity
 from bespoke_jax.core.schedulers import Scheduler, scheduler_from_config
 from bespoke_jax.models.networks import build_model
+from bespoke_jax.models.unet import build_unet
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-NAMES = ("checkerboard", "digits")
+NAMES = ("checkerboard", "digits", "patches16")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -111,24 +112,21 @@ def _concrete_nonzero(value) -> bool:
     return not isinstance(value, jax.core.Tracer) and bool(np.any(np.asarray(value) != 0))
 
 
-def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None, dtype) -> Callable:
-    """The field ``u(t, x, args)`` of a network applied to flattened samples (cast to ``dtype``,
-    the network's, when given: it then returns that dtype)."""
+def _guided(forward: Callable, shape: tuple[int, ...], null_label: int | None, dtype) -> Callable:
+    """``f(t, x, args)`` from ``forward(t, x, labels)`` with classifier-free guidance.
 
-    def forward(t, x, labels):
-        # Flax's layers mix a cast network's dtype with float32 statistics internally.
-        promotion = "standard" if dtype is not None else jax.config.jax_numpy_dtype_promotion
-        with jax.numpy_dtype_promotion(promotion):
-            return nnx.merge(graphdef, state)(jnp.broadcast_to(t, x.shape[:1]), x, labels)
+    ``f = (1 + w) forward(., labels) - w forward(., null_label)``, ``w = args["guidance"]`` (a
+    scalar or one per sample); an unconditional network (``null_label`` ``None``) takes
+    ``args = None``. ``x`` is cast to ``dtype``, the network's, when given.
+    """
 
-    def velocity(t, x, args):
+    def field(t, x, args):
         if x.shape[1:] != shape:
             raise ValueError(f"x must have shape (B, *{shape}), got {x.shape}.")
         t = jnp.asarray(t, x.dtype)  # the time embedding is computed at the solver's precision
-        flat = x.reshape(x.shape[0], -1)
-        flat = flat if dtype is None else flat.astype(dtype)
+        x = x if dtype is None else x.astype(dtype)
         if null_label is None:
-            return forward(t, flat, None).reshape(x.shape)
+            return forward(t, x, None)
         labels, w = args["labels"], args["guidance"]
         if labels.shape != x.shape[:1]:
             raise ValueError(
@@ -139,19 +137,58 @@ def _velocity(graphdef, state, shape: tuple[int, ...], null_label: int | None, d
             # One forward pass of the doubled batch: conditional, then unconditional.
             both = forward(
                 t,
-                jnp.concatenate([flat, flat]),
+                jnp.concatenate([x, x]),
                 jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
             )
             cond, uncond = jnp.split(both, 2)
-            scale = broadcast_scale(w, flat).astype(cond.dtype)
+            scale = broadcast_scale(w, x).astype(cond.dtype)
             return (1.0 + scale) * cond - scale * uncond
 
         # w = 0 (every sample's) needs only the conditional pass (d u / d w is not traced
         # through that branch).
-        out = jax.lax.cond(jnp.all(w == 0), lambda _: forward(t, flat, labels), guided, None)
+        return jax.lax.cond(jnp.all(w == 0), lambda _: forward(t, x, labels), guided, None)
+
+    return field
+
+
+def _velocity(graphdef, state, metadata: Mapping, scheduler: Scheduler, dtype) -> Callable:
+    """The velocity field ``u(t, x, args)`` of a shipped network, run in ``dtype`` when given.
+
+    An MLP (``VelocityMLP``) is a velocity field on flattened samples. A UNet is a diffusion
+    network ``net(x, timestep, labels)`` whose prediction (``metadata["prediction"]``, after
+    guidance) ``to_velocity`` converts, with ``timestep = scheduler.timestep(t)``.
+    """
+    shape, null_label = tuple(metadata["shape"]), metadata["num_classes"]
+
+    def network(*inputs):
+        # Flax's layers mix a cast network's dtype with float32 statistics internally.
+        promotion = "standard" if dtype is not None else jax.config.jax_numpy_dtype_promotion
+        with jax.numpy_dtype_promotion(promotion):
+            return nnx.merge(graphdef, state)(*inputs)
+
+    if metadata["architecture"].get("network", "mlp") == "unet":
+
+        def diffusion(t, x, labels):
+            return network(x, jnp.broadcast_to(scheduler.timestep(t), x.shape[:1]), labels)
+
+        field = _guided(diffusion, shape, null_label, dtype)
+        return to_velocity(field, scheduler, metadata["prediction"])
+
+    def flat(t, x, labels):
+        out = network(jnp.broadcast_to(t, x.shape[:1]), x.reshape(x.shape[0], -1), labels)
         return out.reshape(x.shape)
 
-    return velocity
+    return _guided(flat, shape, null_label, dtype)
+
+
+def _build(architecture: Mapping) -> nnx.Module:
+    """An initialised network from its architecture config (``"network"``: mlp or unet)."""
+    architecture = dict(architecture)
+    network = architecture.pop("network", "mlp")
+    builders = {"mlp": build_model, "unet": build_unet}
+    if network not in builders:
+        raise ValueError(f"Unknown network {network!r}; valid: {sorted(builders)}.")
+    return builders[network](architecture)
 
 
 def from_model(model: nnx.Module, metadata: Mapping, identity: str = "", dtype=None) -> Pretrained:
@@ -162,15 +199,14 @@ def from_model(model: nnx.Module, metadata: Mapping, identity: str = "", dtype=N
         state = jax.tree.map(
             lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, state
         )
-    shape = tuple(metadata["shape"])
-    num_classes = metadata["num_classes"]
+    scheduler = scheduler_from_config(metadata["scheduler"])
     return Pretrained(
         name=metadata["name"],
-        velocity=_velocity(graphdef, state, shape, num_classes, dtype),
-        shape=shape,
-        scheduler=scheduler_from_config(metadata["scheduler"]),
+        velocity=_velocity(graphdef, state, metadata, scheduler, dtype),
+        shape=tuple(metadata["shape"]),
+        scheduler=scheduler,
         prediction=metadata["prediction"],
-        num_classes=num_classes,
+        num_classes=metadata["num_classes"],
         identity=identity,
         training_cost=types.MappingProxyType(dict(metadata.get("training_cost", {}))),
         quality=types.MappingProxyType(dict(metadata.get("quality", {}))),
@@ -197,7 +233,7 @@ def load(name: str, directory=WEIGHTS_DIR, dtype=None) -> Pretrained:
         raise ValueError(f"No model {name!r} in {directory}: expected {weights.name} and .json.")
     metadata = json.loads(meta_path.read_text())
     raw = weights.read_bytes()
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(metadata["architecture"])))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: _build(metadata["architecture"])))
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, serialization.msgpack_restore(raw)))
     model = nnx.merge(graphdef, state)
     return from_model(model, metadata, identity=hashlib.sha256(raw).hexdigest(), dtype=dtype)
@@ -205,12 +241,16 @@ def load(name: str, directory=WEIGHTS_DIR, dtype=None) -> Pretrained:
 
 @functools.cache
 def pretrained(name: str, dtype=None) -> Pretrained:
-    """A pre-trained model shipped with the package: ``"checkerboard"`` or ``"digits"``.
+    """A pre-trained model shipped with the package: ``"checkerboard"``, ``"digits"`` or
+    ``"patches16"``.
 
     ``"checkerboard"``: unconditional 2-D points (shape ``(2,)``) on the dark squares of a 4x4
     board on ``[-2, 2]^2``. ``"digits"``: 8x8 handwritten digits (shape ``(8, 8)``, pixels in
     [-1, 1]), class-conditional with classifier-free guidance (10 classes, null label 10).
-    Both are CondOT flow-matching velocity fields. The record is cached: one object per name
+    Both are CondOT flow-matching velocity fields. ``"patches16"``: 16x16 RGB patches of seven
+    photographs (shape ``(16, 16, 3)``, pixels in [-1, 1], one class per photograph, null label
+    7), a conv UNet noise predictor (``prediction == "eps"``) on ``bj.ddpm("linear")``, its
+    ``.velocity`` converted by ``bj.to_velocity``. The record is cached: one object per name
     and ``dtype``.
 
     ``dtype`` (e.g. ``jnp.bfloat16``) runs the network in that dtype: parameters and inputs are
