@@ -106,6 +106,7 @@ def run_demo(
     baseline_psnr, baseline_x1, skipped = _baselines(model, test, nfes, baselines)
     noise = (sets, val, test)
     psnr, learned_x1, trained, learned = _learn(out_dir, model, families, noise, progress)
+    psnr.update(_untrained(model, families, test))
     psnr.update(baseline_psnr)  # learned solvers first, in tables and sample grids
     truth = np.asarray(test.data.x1)
     samples = {n: {"ground truth": truth, **learned_x1[n], **baseline_x1[n]} for n in nfes}
@@ -147,6 +148,24 @@ def _learn(out_dir: Path, model: UserModel, families, noise, progress: bool):
         trained.append(result)
         learned.append(_save(out_dir, model, result, psnr[name][family.nfe]))
     return psnr, samples, trained, learned
+
+
+def untrained_label(family) -> str:
+    """The row of a BNS family's source solver on its preconditioned field, untrained."""
+    return f"{family.source}, sigma0 = {family.sigma0:g}, untrained"
+
+
+def _untrained(model: UserModel, families, test: jobs.NoiseSet) -> dict[str, dict[int, float]]:
+    """Test PSNR ``{row: {nfe: dB}}`` of each BNS family at ``init()``: its source solver on
+    the preconditioned field, so the tables show what learning adds on top of it."""
+    psnr: dict[str, dict[int, float]] = {}
+    for family in families:
+        if family.name == "bns":
+            x1 = jobs.sample(family, family.init(), model, test.x0, test.args)
+            psnr.setdefault(untrained_label(family), {})[family.nfe] = jobs.psnr_against(
+                x1, model, test
+            )
+    return psnr
 
 
 def _ground_truth(model: UserModel, families, settings: Settings):

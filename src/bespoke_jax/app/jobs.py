@@ -114,12 +114,15 @@ class NoiseSet:
     data: TrainingData
 
 
-def noise_set(model: UserModel, n: int, index: int, settings: Settings, save_ts=None) -> NoiseSet:
-    """Noise set ``index`` of ``settings.seed`` (``n`` samples), its args and ground truth."""
+def noise_set(
+    model: UserModel, n: int, index: int, settings: Settings, save_ts=None, *, progress=True
+) -> NoiseSet:
+    """Noise set ``index`` of ``settings.seed`` (``n`` samples), its args and ground truth
+    (``progress``: a bar of the chunks solved)."""
     key_x, key_args = jax.random.split(jax.random.fold_in(jax.random.key(settings.seed), index))
     x0 = np.asarray(model.noise(key_x, n))
     args = model.make_args(key_args, n)
-    options = {"args": args, "save_ts": save_ts}
+    options = {"args": args, "save_ts": save_ts, "progress": progress}
     if settings.cache_dir is None:
         data = sharded_training_data(model.velocity, x0, **options)
     else:

@@ -262,6 +262,8 @@ def train(
       log_path: a JSON-lines log of the evaluations (default ``checkpoint_dir/log.jsonl``).
       on_eval: ``on_eval(step, metrics)`` after every evaluation, on every process, with
         ``metrics = {"loss", "val_psnr", "best_val_psnr", "wall_s"}``.
+      progress: tqdm bars: the ground truth's chunks solved and model calls, then the steps
+        with the validation PSNR in dB (the rate leaves out the first step's compilation).
 
     Raises:
       ValueError: inconsistent shapes, sizes or ground truth, or a ``checkpoint_dir`` of
@@ -283,6 +285,7 @@ def train(
     train_data, val_data = run_data(
         family, u, (x0_train, x0_val), (args, val_args), (train_data, val_data), mesh=mesh,
         rtol=rtol, atol=atol, cache_dir=cache_dir, model_id=model_id, chunk_size=chunk_size,
+        progress=progress,
     )  # fmt: skip
     update = make_update_step(
         family, u, config.optimizer, mesh, num_train=n, batch_size=config.batch_size,
