@@ -137,6 +137,7 @@ def test_export_writes_plain_json(solver, tmp_path):
         (["--model", "no_such_module_xyz:f"], ["cannot import"]),
         (["--model", TINY.replace(":mixture", ":missing")], ["has no function 'missing'"]),
         (["--model", TINY.replace(":mixture", ":no_shape")], ["'shape'"]),
+        (["--model", TINY.replace(":mixture", ":two_args")], ["'velocity'", "u(t, x, args)"]),
         (["--model", TINY, "--guidance", "2"], ["takes no guidance"]),
         (["--model", TINY, "--family", "bst", "--sigma0", "2"], ["--sigma0"]),
         (["--model", TINY, "--family", "bst", "--nfe", "3"], ["--nfe 2 or 4", "--init rk1"]),
@@ -302,3 +303,15 @@ def test_ctrl_c_in_train_exits_130_with_a_checkpoint(tmp_path):
         proc.stderr.close()
     steps = [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) < 1000000
+
+
+def test_a_file_entry_point_imports_its_neighbours(tmp_path):
+    # Run from another folder: the file's own folder is what puts its neighbour on the path.
+    (tmp_path / "entry_point_neighbour.py").write_text("SHAPE = (2,)\n")
+    (tmp_path / "entry_point_model.py").write_text(
+        "import entry_point_neighbour\n\n\n"
+        "def make():\n"
+        "    return {'velocity': lambda t, x, args: -x, 'shape': entry_point_neighbour.SHAPE}\n"
+    )
+    model = load_model(f"{tmp_path / 'entry_point_model.py'}:make")
+    assert model.shape == (2,) and model.name.endswith("entry_point_model.py:make")

@@ -288,3 +288,18 @@ def test_training_bar_shows_the_validation_psnr_and_skips_compilation(problem, d
     history = result.history
     assert f"val_psnr={history['val_psnr'][-1]:.2f} dB" in bars[-1]
     assert f"best={max(history['val_psnr']):.2f} dB" in bars[-1]
+
+
+@pytest.mark.parametrize(
+    "entry, call",
+    [
+        ("bj.train", lambda u, x0: bj.train(bj.bns(4), u, x0, x0, progress=False)),
+        ("bj.ground_truth", lambda u, x0: bj.ground_truth(u, x0)),
+        ("bj.sharded_training_data", lambda u, x0: bj.sharded_training_data(u, x0)),
+        ("bj.solvers.euler", lambda u, x0: bj.solvers.euler(u, x0, nfe=2)),
+        ("bj.solvers.unipc", lambda u, x0: bj.solvers.unipc(u, x0, nfe=2, scheduler=bj.cond_ot())),
+    ],
+)
+def test_a_two_argument_field_is_named_at_the_entry(entry, call):
+    with pytest.raises(ValueError, match=rf"^{entry}: the velocity field must be u\(t, x, args\)"):
+        call(lambda t, x: -x, np.zeros((2, 3), np.float32))

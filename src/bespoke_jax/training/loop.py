@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bespoke_jax.core.checks import as_noise, check_train_settings
+from bespoke_jax.core.checks import as_noise, check_field, check_train_settings
 from bespoke_jax.families.base import Family, Params
 from bespoke_jax.io.checkpoints import Checkpoints, TrainState, claim_checkpoint_dir, claim_log
 from bespoke_jax.io.files import array_hash
@@ -269,6 +269,7 @@ def train(
       ValueError: inconsistent shapes, sizes or ground truth, or a ``checkpoint_dir`` of
         another run.
     """
+    check_field(u, "bj.train")
     x0_train, x0_val = _check_noise(x0_train, x0_val, args, val_args)
     check_train_settings(steps, learning_rate, data_range, rtol, atol)
     if checkpoint_dir is not None:  # outputs checked before any model call

@@ -21,6 +21,7 @@ from bespoke_jax.core.args import batch_axes, take
 from bespoke_jax.core.checks import (
     as_noise,
     check_count,
+    check_field,
     check_save_ts,
     check_tolerances,
     checked_field,
@@ -152,6 +153,7 @@ def ground_truth(
       RuntimeError: the model returned NaN/inf (with the time where it first did) or the
         solve did not converge within ``max_steps``.
     """
+    check_field(u, "bj.ground_truth")
     x0 = as_noise(x0, args)
     rtol, atol = check_tolerances(rtol, atol)
     max_steps = check_count(

@@ -29,7 +29,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bespoke_jax.core.args import is_per_sample
-from bespoke_jax.core.checks import as_noise, check_count, check_save_ts, check_tolerances
+from bespoke_jax.core.checks import (
+    as_noise,
+    check_count,
+    check_field,
+    check_save_ts,
+    check_tolerances,
+)
 from bespoke_jax.truth.adaptive import (
     CHUNK_SIZE,
     BatchAxes,
@@ -186,6 +192,7 @@ def sharded_training_data(
       ValueError: bad shapes, save times or ``chunk_size``.
       RuntimeError: the model returned NaN/inf or a solve did not converge.
     """
+    check_field(u, "bj.sharded_training_data")
     x0 = np.asarray(as_noise(x0, args))
     rtol, atol = check_tolerances(rtol, atol)
     max_steps = check_count("max_steps", max_steps)
