@@ -88,6 +88,7 @@ def test_demo_quick_writes_report_and_figures(tmp_path):
         assert f"({name})" in report
         assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
     assert "| BNS |" in report and "| BST |" in report
+    assert "| midpoint, sigma0 = 0.5, untrained |" in report  # the BNS solver before training
     assert "| bns-4 | Prodigy |" in report and "| bst-4 | Adam |" in report
     saved = sorted(p.name for p in (tmp_path / "solvers").iterdir())
     assert saved == ["bns-4", "bns-4.json", "bst-4", "bst-4.json"]

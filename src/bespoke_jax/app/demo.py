@@ -150,21 +150,16 @@ def _learn(out_dir: Path, model: UserModel, families, noise, progress: bool):
     return psnr, samples, trained, learned
 
 
-def untrained_label(family) -> str:
-    """The row of a BNS family's source solver on its preconditioned field, untrained."""
-    return f"{family.source}, sigma0 = {family.sigma0:g}, untrained"
-
-
 def _untrained(model: UserModel, families, test: jobs.NoiseSet) -> dict[str, dict[int, float]]:
-    """Test PSNR ``{row: {nfe: dB}}`` of each BNS family at ``init()``: its source solver on
-    the preconditioned field, so the tables show what learning adds on top of it."""
+    """Test PSNR ``{row: {nfe: dB}}`` of each preconditioned family (one with a ``source``
+    solver and ``sigma0``: BNS) at ``init()``: its source solver on the preconditioned field,
+    so the tables show what learning adds on top of it."""
     psnr: dict[str, dict[int, float]] = {}
     for family in families:
-        if family.name == "bns":
+        if hasattr(family, "sigma0") and hasattr(family, "source"):
+            label = f"{family.source}, sigma0 = {family.sigma0:g}, untrained"
             x1 = jobs.sample(family, family.init(), model, test.x0, test.args)
-            psnr.setdefault(untrained_label(family), {})[family.nfe] = jobs.psnr_against(
-                x1, model, test
-            )
+            psnr.setdefault(label, {})[family.nfe] = jobs.psnr_against(x1, model, test)
     return psnr
 
 
