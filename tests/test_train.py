@@ -263,7 +263,9 @@ def test_ground_truth_progress_counts_chunks_and_calls(problem, data, capsys):
     x0 = np.concatenate([x0_train, x0_val[:8]])
     both = {"scale": np.concatenate([args["scale"], val_args["scale"][:8]]), "shift": args["shift"]}
     gt = bj.ground_truth(u, x0, args=both, progress=True)
-    frame = _last_bar(capsys.readouterr().err, "ground truth")
+    err = capsys.readouterr().err
+    frame = _last_bar(err, "ground truth")
+    assert "ground truth (compiling)" in err and frame.startswith("ground truth: 100%")
     assert "2/2" in frame and f"calls={int(gt.nfe_per_sample.sum())}]" in frame
     assert gt.nfe == gt.nfe_per_sample.max() and gt.x1.shape == x0.shape
     assert np.max(np.abs(np.asarray(gt.x1[:32]) - data[0].x1)) < 1e-3  # as the sharded solve

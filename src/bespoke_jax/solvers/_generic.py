@@ -32,8 +32,8 @@ ADAMS_BASHFORTH = (
 
 def solver_grid(name, rule, u, x0, nfe, grid, scheduler, args, default="uniform"):
     """``(field, x0, ts)`` for a solver that spends ``nfe`` by ``rule``: ``u`` (which must take
-    ``(t, x, args)``) with its output shape checked, ``x0`` checked (float16/bfloat16 as float32) and the ``(steps + 1,)`` grid in
-    ``x0``'s dtype."""
+    ``(t, x, args)``) with its output shape checked, ``x0`` checked (float16/bfloat16 as
+    float32) and the ``(steps + 1,)`` grid in ``x0``'s dtype."""
     check_field(u, f"bj.solvers.{name}")
     try:
         x0 = as_noise(x0, args)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from bespoke_jax.io.checkpoints import Checkpoints, TrainState
 from bespoke_jax.io.files import atomic_write
 from bespoke_jax.training.interrupt import interrupted
+from bespoke_jax.truth.progress import compiled
 
 
 @dataclasses.dataclass
@@ -138,11 +139,8 @@ class ProgressBar(Hook):
         if not self.compiling:
             self.bar.update(1)
             return
-        # The first step compiled: count it without a rate, restart the clock from here.
         self.compiling = False
-        self.bar.n = self.bar.last_print_n = self.bar.initial = state.step
-        self.bar.unpause()
-        self.bar.set_description(self.desc)
+        compiled(self.bar, state.step, self.desc)
 
     def close(self) -> None:
         self.bar.close()
