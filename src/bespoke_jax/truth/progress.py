@@ -34,7 +34,7 @@ class ChunkBar:
     Args:
       chunks: chunks this process will solve.
       desc: the bar's label.
-      enabled: draw the bar (chunks and calls are counted either way).
+      enabled: draw the bar (``solved`` counts either way).
     """
 
     def __init__(self, chunks: int, desc: str = "ground truth", enabled: bool = True):
