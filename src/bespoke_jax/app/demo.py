@@ -78,7 +78,7 @@ def run_demo(
       sigma0: BNS preconditioning (``DEMO_SIGMA0``: tuned on this model at w = 2).
       baselines: the baselines to compare with (default: every one; with ``quick``, Euler and
         midpoint).
-      progress: tqdm bars during training.
+      progress: tqdm bars: the ground truth's chunks and the training steps.
       overwrite: write into a non-empty ``out_dir`` that holds no demo run (its other files are
         kept; one of the user's under a name in ``DEMO_OUTPUTS`` is refused).
     """
@@ -100,7 +100,7 @@ def run_demo(
         f"digits at guidance {guidance:g}; NFE {nfes}; steps per solver: {steps_text}; "
         f"{settings.n_train}/{settings.n_val}/{settings.n_test} train/val/test samples"
     )
-    sets, val, test = _ground_truth(model, families, settings)
+    sets, val, test = _ground_truth(model, families, settings, progress)
     ground_truth_s = time.perf_counter() - start
 
     baseline_psnr, baseline_x1, skipped = _baselines(model, test, nfes, baselines)
@@ -163,15 +163,15 @@ def _untrained(model: UserModel, families, test: jobs.NoiseSet) -> dict[str, dic
     return psnr
 
 
-def _ground_truth(model: UserModel, families, settings: Settings):
+def _ground_truth(model: UserModel, families, settings: Settings, progress: bool):
     """The training sets of ``families`` (one solve per distinct ``save_ts``), the validation
     and the test set."""
-    sets = jobs.TrainingSets(model, settings)
+    sets = jobs.TrainingSets(model, settings, progress)
     for family in sorted(families, key=lambda f: f.save_ts is None):  # paths first
         sets.get(family.save_ts)
     jobs.log(f"ground truth of {settings.n_val} validation and {settings.n_test} test samples")
-    val = jobs.noise_set(model, settings.n_val, jobs.VAL, settings)
-    test = jobs.noise_set(model, settings.n_test, jobs.TEST, settings)
+    val = jobs.noise_set(model, settings.n_val, jobs.VAL, settings, progress=progress)
+    test = jobs.noise_set(model, settings.n_test, jobs.TEST, settings, progress=progress)
     return sets, val, test
 
 

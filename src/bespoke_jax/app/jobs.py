@@ -135,11 +135,12 @@ def noise_set(
 class TrainingSets:
     """The training noise of a run with one ground-truth solve per distinct ``save_ts``.
 
-    A set that kept a path also serves every family that needs (noise, sample) pairs only.
+    A set that kept a path also serves every family that needs (noise, sample) pairs only;
+    ``progress`` draws a bar of each solve's chunks.
     """
 
-    def __init__(self, model: UserModel, settings: Settings):
-        self.model, self.settings = model, settings
+    def __init__(self, model: UserModel, settings: Settings, progress: bool = True):
+        self.model, self.settings, self.progress = model, settings, progress
         self.sets: dict[bytes | None, NoiseSet] = {}
 
     def get(self, save_ts) -> NoiseSet:
@@ -149,7 +150,9 @@ class TrainingSets:
         if key not in self.sets:
             n = self.settings.n_train
             log(f"ground truth of {n} training samples" + ("" if key is None else " with paths"))
-            self.sets[key] = noise_set(self.model, n, TRAIN, self.settings, save_ts)
+            self.sets[key] = noise_set(
+                self.model, n, TRAIN, self.settings, save_ts, progress=self.progress
+            )
         return self.sets[key]
 
     @property
@@ -280,10 +283,10 @@ def metadata(model: UserModel, trained: Trained, **extra) -> dict:
     }
 
 
-def validation_set(model: UserModel, settings: Settings) -> NoiseSet:
+def validation_set(model: UserModel, settings: Settings, progress: bool = True) -> NoiseSet:
     """The validation noise of ``settings`` and its ground truth."""
     log(f"ground truth of {settings.n_val} validation samples")
-    return noise_set(model, settings.n_val, VAL, settings)
+    return noise_set(model, settings.n_val, VAL, settings, progress=progress)
 
 
 def auto_sigma0(model: UserModel, nfe: int, init, val: NoiseSet) -> Sigma0Choice:
@@ -345,9 +348,9 @@ def train_solver(
     checkpoints = claim_solver_out(out, overwrite=overwrite, resume=resume)
     settings = Settings() if settings is None else settings
     check_train_settings(settings.steps, settings.learning_rate, model.data_range)
-    sets = TrainingSets(model, settings)
+    sets = TrainingSets(model, settings, progress)
     sets.get(family.save_ts)
-    val = validation_set(model, settings) if val is None else val
+    val = validation_set(model, settings, progress) if val is None else val
     trained = fit(model, family, sets, val, progress=progress, checkpoint_dir=checkpoints)
     record = metadata(model, trained)
     path = save_solver(out, family, trained.result.params, record, overwrite=overwrite)
