@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bespoke_jax.core.checks import as_noise, check_field, checked_field
+from bespoke_jax.core.checks import as_noise, checked_field
 from bespoke_jax.solvers._grids import resolve_grid
 from bespoke_jax.solvers._spec import NFERule, reports_nonfinite
 
@@ -31,10 +31,9 @@ ADAMS_BASHFORTH = (
 
 
 def solver_grid(name, rule, u, x0, nfe, grid, scheduler, args, default="uniform"):
-    """``(field, x0, ts)`` for a solver that spends ``nfe`` by ``rule``: ``u`` (which must take
-    ``(t, x, args)``) with its output shape checked, ``x0`` checked (float16/bfloat16 as
-    float32) and the ``(steps + 1,)`` grid in ``x0``'s dtype."""
-    check_field(u, f"bj.solvers.{name}")
+    """``(field, x0, ts)`` for a solver that spends ``nfe`` by ``rule``: ``u`` with its output
+    shape checked, ``x0`` checked (float16/bfloat16 as float32) and the ``(steps + 1,)`` grid in
+    ``x0``'s dtype."""
     try:
         x0 = as_noise(x0, args)
     except ValueError as err:
