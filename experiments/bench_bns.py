@@ -8,7 +8,9 @@
    calls; BNS's sampling time over Euler's at the same NFE (median of repeated jitted calls,
    interleaved in one run).
 2. The NFE each baseline needs to match BNS at NFE 8.
-3. The shipped ``digits`` model at guidance 0 and 2, with and without preconditioning sigma0.
+3. The shipped ``digits`` model at guidance 0 and 2, with and without preconditioning sigma0,
+   next to the untrained BNS solver (its midpoint source on the preconditioned field: with
+   sigma0 = 1, midpoint itself), so the share of the gain that training adds shows.
 
 Run ``python -m experiments.bench_bns`` (``--quick`` for a shrunken smoke run); the tables are
 printed and written to ``runs/bench_bns.md``.
@@ -92,8 +94,14 @@ def fit(family, u, x_train, x_val, x_test, x1_test, data, args=(None, None, None
     )
     wall = time.perf_counter() - start
     data[key] = (result.train_data, result.val_data)
-    x1 = jax.jit(lambda p, x, a: family.sample(p, u, x, a))(result.params, x_test, args[2])
-    return float(bj.psnr(x1, x1_test)), wall, result.model_calls, result.params
+    value = held_out_psnr(family, result.params, u, x_test, args[2], x1_test)
+    return value, wall, result.model_calls, result.params
+
+
+def held_out_psnr(family, params, u, x_test, args, x1_test) -> float:
+    """PSNR [dB] of ``family.sample`` at ``params`` against the held-out ground truth."""
+    x1 = jax.jit(lambda p, x, a: family.sample(p, u, x, a))(params, x_test, args)
+    return float(bj.psnr(x1, x1_test))
 
 
 @functools.cache
@@ -193,6 +201,9 @@ def digits_rows(
                         "sigma0": sigma0,
                         "NFE": nfe,
                         "BNS": value,
+                        "untrained": held_out_psnr(
+                            family, family.init(), u, noise[2], guided[2], x1_test
+                        ),
                         **base,
                         "BNS - best baseline": value - max(base.values()),
                         "train s": wall,

@@ -20,6 +20,7 @@ from bespoke_jax.io.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = (
+    "bench_demo",
     "bench_baselines",
     "bench_bst",
     "bench_bns",

@@ -88,6 +88,7 @@ def test_demo_quick_writes_report_and_figures(tmp_path):
         assert f"({name})" in report
         assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
     assert "| BNS |" in report and "| BST |" in report
+    assert "| midpoint, sigma0 = 0.5, untrained |" in report  # the BNS solver before training
     assert "| bns-4 | Prodigy |" in report and "| bst-4 | Adam |" in report
     saved = sorted(p.name for p in (tmp_path / "solvers").iterdir())
     assert saved == ["bns-4", "bns-4.json", "bst-4", "bst-4.json"]
@@ -137,6 +138,7 @@ def test_export_writes_plain_json(solver, tmp_path):
         (["--model", "no_such_module_xyz:f"], ["cannot import"]),
         (["--model", TINY.replace(":mixture", ":missing")], ["has no function 'missing'"]),
         (["--model", TINY.replace(":mixture", ":no_shape")], ["'shape'"]),
+        (["--model", TINY.replace(":mixture", ":two_args")], ["'velocity'", "u(t, x, args)"]),
         (["--model", TINY, "--guidance", "2"], ["takes no guidance"]),
         (["--model", TINY, "--family", "bst", "--sigma0", "2"], ["--sigma0"]),
         (["--model", TINY, "--family", "bst", "--nfe", "3"], ["--nfe 2 or 4", "--init rk1"]),
@@ -302,3 +304,15 @@ def test_ctrl_c_in_train_exits_130_with_a_checkpoint(tmp_path):
         proc.stderr.close()
     steps = [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) < 1000000
+
+
+def test_a_file_entry_point_imports_its_neighbours(tmp_path):
+    # Run from another folder: the file's own folder is what puts its neighbour on the path.
+    (tmp_path / "entry_point_neighbour.py").write_text("SHAPE = (2,)\n")
+    (tmp_path / "entry_point_model.py").write_text(
+        "import entry_point_neighbour\n\n\n"
+        "def make():\n"
+        "    return {'velocity': lambda t, x, args: -x, 'shape': entry_point_neighbour.SHAPE}\n"
+    )
+    model = load_model(f"{tmp_path / 'entry_point_model.py'}:make")
+    assert model.shape == (2,) and model.name.endswith("entry_point_model.py:make")

@@ -125,3 +125,31 @@ def test_no_pointer_to_unshipped_notes():
     """The maths lives in docs/; nothing points at the developers' private notes file."""
     for path in CITING:
         assert "MATH.md" not in path.read_text(), f"{path.relative_to(ROOT)} cites MATH.md"
+
+
+def _first_table(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first Markdown table after the line ``heading`` (header row first,
+    the ``|---|`` row dropped)."""
+    lines = text.splitlines()
+    start = lines.index(heading)
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return [row for row in rows if not set("".join(row)) <= set("-: ")]
+
+
+def test_readme_results_are_rows_of_the_benchmarked_demo():
+    """README's Results table repeats the demo's numbers as BENCHMARKS.md records them: each
+    README row (its label spelled for readers, its values bold or not) is a row there."""
+    readme = _first_table((ROOT / "README.md").read_text(), "## Results")
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text()
+    heading = next(line for line in benchmarks.splitlines() if line.startswith("## The demo"))
+    measured = _first_table(benchmarks, heading)
+    assert readme[0][1:] == measured[0][1:], "README and BENCHMARKS.md NFE columns differ"
+    rows = {tuple(row[1:]): row[0] for row in measured[1:]}
+    for row in readme[1:]:
+        values = tuple(cell.strip("*") for cell in row[1:])
+        assert values in rows, f"README's {row[0]!r} row {values} is not in BENCHMARKS.md's demo"

@@ -250,3 +250,58 @@ def test_run_killed_by_sigkill_resumes_to_the_same_parameters(reference, data, t
     with np.load(tmp_path / "params.npz") as f:
         for i, leaf in enumerate(jax.tree.leaves(reference.params)):
             np.testing.assert_array_equal(f[f"p{i}"], np.asarray(leaf))
+
+
+def _last_bar(err: str, desc: str) -> str:
+    """The last frame tqdm drew of the bar labelled ``desc``."""
+    return [frame for frame in err.replace("\r", "\n").splitlines() if frame.startswith(desc)][-1]
+
+
+def test_ground_truth_progress_counts_chunks_and_calls(problem, data, capsys):
+    u, x0_train, x0_val, args, val_args = problem
+    # 40 samples: two chunks of 32, the second padded; the bar counts the samples' own calls.
+    x0 = np.concatenate([x0_train, x0_val[:8]])
+    both = {"scale": np.concatenate([args["scale"], val_args["scale"][:8]]), "shift": args["shift"]}
+    gt = bj.ground_truth(u, x0, args=both, progress=True)
+    err = capsys.readouterr().err
+    frame = _last_bar(err, "ground truth")
+    assert "ground truth (compiling)" in err and frame.startswith("ground truth: 100%")
+    assert "2/2" in frame and f"calls={int(gt.nfe_per_sample.sum())}]" in frame
+    assert gt.nfe == gt.nfe_per_sample.max() and gt.x1.shape == x0.shape
+    assert np.max(np.abs(np.asarray(gt.x1[:32]) - data[0].x1)) < 1e-3  # as the sharded solve
+    # The sharded solve reports one chunk per device (padding included) and the same bits.
+    sharded = bj.sharded_training_data(u, x0_train, args=args, progress=True)
+    frame = _last_bar(capsys.readouterr().err, "ground truth")
+    devices = len(jax.devices())
+    assert f"{devices}/{devices}" in frame
+    calls = int(frame.rsplit("calls=", 1)[1].rstrip("]"))
+    assert sharded.nfe <= calls <= sharded.nfe * 32 * devices
+    np.testing.assert_array_equal(sharded.x1, data[0].x1)
+
+
+def test_training_bar_shows_the_validation_psnr_and_skips_compilation(problem, data, capsys):
+    u, x0_train, x0_val, args, val_args = problem
+    run = {"steps": 4, "batch_size": 8, "eval_every": 2, "train_data": data[0], "val_data": data[1]}
+    result = bj.train(bj.bns(4), u, x0_train, x0_val, args=args, val_args=val_args, **run)
+    frames = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    bars = [frame for frame in frames if frame.startswith("train bns")]
+    assert bars[0].startswith("train bns (compiling)") and "4/4" in bars[-1]
+    assert not bars[-1].startswith("train bns (compiling)")
+    history = result.history
+    assert f"val_psnr={history['val_psnr'][-1]:.2f} dB" in bars[-1]
+    assert f"best={max(history['val_psnr']):.2f} dB" in bars[-1]
+
+
+@pytest.mark.parametrize(
+    "entry, call",
+    [
+        ("bj.train", lambda u, x0: bj.train(bj.bns(4), u, x0, x0, progress=False)),
+        ("bj.ground_truth", lambda u, x0: bj.ground_truth(u, x0)),
+        ("bj.sharded_training_data", lambda u, x0: bj.sharded_training_data(u, x0)),
+        ("bj.solvers.euler", lambda u, x0: bj.solvers.euler(u, x0, nfe=2)),
+        ("bj.solvers.unipc", lambda u, x0: bj.solvers.unipc(u, x0, nfe=2, scheduler=bj.cond_ot())),
+    ],
+)
+def test_a_two_argument_field_is_named_at_the_entry(entry, call):
+    with pytest.raises(ValueError, match=rf"^{entry}: the velocity field must be u\(t, x, args\)"):
+        call(lambda t, x: -x, np.zeros((2, 3), np.float32))

@@ -25,3 +25,8 @@ def guided(guidance=0.0):
         "scheduler": scheduler,
         "args": {"guidance": guidance},
     }
+
+
+def two_args():
+    """Breaks the contract: a field without ``args``."""
+    return {"velocity": lambda t, x: -x, "shape": (2,)}

@@ -78,7 +78,7 @@ def run_demo(
       sigma0: BNS preconditioning (``DEMO_SIGMA0``: tuned on this model at w = 2).
       baselines: the baselines to compare with (default: every one; with ``quick``, Euler and
         midpoint).
-      progress: tqdm bars during training.
+      progress: tqdm bars: the ground truth's chunks and the training steps.
       overwrite: write into a non-empty ``out_dir`` that holds no demo run (its other files are
         kept; one of the user's under a name in ``DEMO_OUTPUTS`` is refused).
     """
@@ -100,12 +100,13 @@ def run_demo(
         f"digits at guidance {guidance:g}; NFE {nfes}; steps per solver: {steps_text}; "
         f"{settings.n_train}/{settings.n_val}/{settings.n_test} train/val/test samples"
     )
-    sets, val, test = _ground_truth(model, families, settings)
+    sets, val, test = _ground_truth(model, families, settings, progress)
     ground_truth_s = time.perf_counter() - start
 
     baseline_psnr, baseline_x1, skipped = _baselines(model, test, nfes, baselines)
     noise = (sets, val, test)
     psnr, learned_x1, trained, learned = _learn(out_dir, model, families, noise, progress)
+    psnr.update(_untrained(model, families, test))
     psnr.update(baseline_psnr)  # learned solvers first, in tables and sample grids
     truth = np.asarray(test.data.x1)
     samples = {n: {"ground truth": truth, **learned_x1[n], **baseline_x1[n]} for n in nfes}
@@ -149,15 +150,28 @@ def _learn(out_dir: Path, model: UserModel, families, noise, progress: bool):
     return psnr, samples, trained, learned
 
 
-def _ground_truth(model: UserModel, families, settings: Settings):
+def _untrained(model: UserModel, families, test: jobs.NoiseSet) -> dict[str, dict[int, float]]:
+    """Test PSNR ``{row: {nfe: dB}}`` of each preconditioned family (one with a ``source``
+    solver and ``sigma0``: BNS) at ``init()``: its source solver on the preconditioned field,
+    so the tables show what learning adds on top of it."""
+    psnr: dict[str, dict[int, float]] = {}
+    for family in families:
+        if hasattr(family, "sigma0") and hasattr(family, "source"):
+            label = f"{family.source}, sigma0 = {family.sigma0:g}, untrained"
+            x1 = jobs.sample(family, family.init(), model, test.x0, test.args)
+            psnr.setdefault(label, {})[family.nfe] = jobs.psnr_against(x1, model, test)
+    return psnr
+
+
+def _ground_truth(model: UserModel, families, settings: Settings, progress: bool):
     """The training sets of ``families`` (one solve per distinct ``save_ts``), the validation
     and the test set."""
-    sets = jobs.TrainingSets(model, settings)
+    sets = jobs.TrainingSets(model, settings, progress)
     for family in sorted(families, key=lambda f: f.save_ts is None):  # paths first
         sets.get(family.save_ts)
     jobs.log(f"ground truth of {settings.n_val} validation and {settings.n_test} test samples")
-    val = jobs.noise_set(model, settings.n_val, jobs.VAL, settings)
-    test = jobs.noise_set(model, settings.n_test, jobs.TEST, settings)
+    val = jobs.noise_set(model, settings.n_val, jobs.VAL, settings, progress=progress)
+    test = jobs.noise_set(model, settings.n_test, jobs.TEST, settings, progress=progress)
     return sets, val, test
 
 

@@ -114,12 +114,15 @@ class NoiseSet:
     data: TrainingData
 
 
-def noise_set(model: UserModel, n: int, index: int, settings: Settings, save_ts=None) -> NoiseSet:
-    """Noise set ``index`` of ``settings.seed`` (``n`` samples), its args and ground truth."""
+def noise_set(
+    model: UserModel, n: int, index: int, settings: Settings, save_ts=None, *, progress=True
+) -> NoiseSet:
+    """Noise set ``index`` of ``settings.seed`` (``n`` samples), its args and ground truth
+    (``progress``: a bar of the chunks solved)."""
     key_x, key_args = jax.random.split(jax.random.fold_in(jax.random.key(settings.seed), index))
     x0 = np.asarray(model.noise(key_x, n))
     args = model.make_args(key_args, n)
-    options = {"args": args, "save_ts": save_ts}
+    options = {"args": args, "save_ts": save_ts, "progress": progress}
     if settings.cache_dir is None:
         data = sharded_training_data(model.velocity, x0, **options)
     else:
@@ -132,11 +135,12 @@ def noise_set(model: UserModel, n: int, index: int, settings: Settings, save_ts=
 class TrainingSets:
     """The training noise of a run with one ground-truth solve per distinct ``save_ts``.
 
-    A set that kept a path also serves every family that needs (noise, sample) pairs only.
+    A set that kept a path also serves every family that needs (noise, sample) pairs only;
+    ``progress`` draws a bar of each solve's chunks.
     """
 
-    def __init__(self, model: UserModel, settings: Settings):
-        self.model, self.settings = model, settings
+    def __init__(self, model: UserModel, settings: Settings, progress: bool = True):
+        self.model, self.settings, self.progress = model, settings, progress
         self.sets: dict[bytes | None, NoiseSet] = {}
 
     def get(self, save_ts) -> NoiseSet:
@@ -146,7 +150,9 @@ class TrainingSets:
         if key not in self.sets:
             n = self.settings.n_train
             log(f"ground truth of {n} training samples" + ("" if key is None else " with paths"))
-            self.sets[key] = noise_set(self.model, n, TRAIN, self.settings, save_ts)
+            self.sets[key] = noise_set(
+                self.model, n, TRAIN, self.settings, save_ts, progress=self.progress
+            )
         return self.sets[key]
 
     @property
@@ -277,10 +283,10 @@ def metadata(model: UserModel, trained: Trained, **extra) -> dict:
     }
 
 
-def validation_set(model: UserModel, settings: Settings) -> NoiseSet:
+def validation_set(model: UserModel, settings: Settings, progress: bool = True) -> NoiseSet:
     """The validation noise of ``settings`` and its ground truth."""
     log(f"ground truth of {settings.n_val} validation samples")
-    return noise_set(model, settings.n_val, VAL, settings)
+    return noise_set(model, settings.n_val, VAL, settings, progress=progress)
 
 
 def auto_sigma0(model: UserModel, nfe: int, init, val: NoiseSet) -> Sigma0Choice:
@@ -342,9 +348,9 @@ def train_solver(
     checkpoints = claim_solver_out(out, overwrite=overwrite, resume=resume)
     settings = Settings() if settings is None else settings
     check_train_settings(settings.steps, settings.learning_rate, model.data_range)
-    sets = TrainingSets(model, settings)
+    sets = TrainingSets(model, settings, progress)
     sets.get(family.save_ts)
-    val = validation_set(model, settings) if val is None else val
+    val = validation_set(model, settings, progress) if val is None else val
     trained = fit(model, family, sets, val, progress=progress, checkpoint_dir=checkpoints)
     record = metadata(model, trained)
     path = save_solver(out, family, trained.result.params, record, overwrite=overwrite)

@@ -184,8 +184,9 @@ def _results(record: DemoRecord) -> list[str]:
         "",
         psnr_table(record.psnr, list(record.samples)),
         "BNS: bespoke non-stationary solver (midpoint init, preconditioned with sigma0 = "
-        f"{record.setup.sigma0:g}); BST: RK2 bespoke scale-time solver. `-`: the solver "
-        "cannot spend that NFE.",
+        f"{record.setup.sigma0:g}); untrained: the same solver at its init, i.e. midpoint on "
+        "the preconditioned field, so the gap to BNS is what learning adds. BST: RK2 bespoke "
+        "scale-time solver. `-`: the solver cannot spend that NFE.",
         "",
         "![PSNR vs NFE](psnr_vs_nfe.png)",
         "",

@@ -1,7 +1,8 @@
 """The model a command-line run samples from: a shipped model name or a user's entry point.
 
 A user model is given as ``module:function`` (``module`` importable from the current directory
-or ``sys.path``, or a file ``path/to/file.py``). The function is called with no arguments, or
+or ``sys.path``, or a file ``path/to/file.py``, imported with its folder on ``sys.path`` so it
+can import its neighbours). The function is called with no arguments, or
 with ``guidance=w`` when a guidance scale is asked for, and returns a dict (or any object with
 these attributes):
 
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from bespoke_jax.app.defaults import DEFAULT_GUIDANCE
+from bespoke_jax.core.checks import check_field
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.models.pretrained import NAMES, pretrained
 
@@ -129,6 +131,9 @@ def _import(module_name: str, spec: str):
             path = Path(module_name)
             if not path.is_file():
                 raise ValueError(f"Entry point {spec!r}: no file {module_name!r}.")
+            folder = str(path.resolve().parent)  # so that the file imports its neighbours
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
             loader = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
@@ -159,6 +164,7 @@ def _from_record(spec: str, record, guidance: float | None) -> UserModel:
             f"Entry point {spec!r} must return a dict with at least 'velocity' (a function "
             f"u(t, x, args)) and 'shape' (one sample's shape), got {type(record).__name__}."
         )
+    check_field(velocity, f"Entry point {spec!r} (its 'velocity')")
     try:
         shape = tuple(int(n) for n in shape)
     except TypeError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -22,6 +23,31 @@ def require_scheduler(what: str, scheduler) -> None:
     """``ValueError`` naming the ``scheduler`` argument that ``what`` needs, when it is missing."""
     if scheduler is None:
         raise ValueError(f"{what} needs the model's `scheduler` argument (e.g. bj.cond_ot()).")
+
+
+def check_field(u, owner: str) -> None:
+    """``ValueError`` when ``u`` cannot be called as ``u(t, x, args)``, read off its signature.
+
+    ``owner`` names where the field was given (``"bj.train"``). A callable whose signature
+    cannot be read (a builtin) is not checked.
+    """
+    if not callable(u):
+        raise ValueError(
+            f"{owner}: the velocity field must be a function u(t, x, args), got {type(u).__name__}."
+        )
+    try:
+        signature = inspect.signature(u)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        name = getattr(u, "__name__", type(u).__name__)
+        raise ValueError(
+            f"{owner}: the velocity field must be u(t, x, args), three positional arguments, "
+            f"but it is {name}{signature}. Take args even when unused: "
+            f"def u(t, x, args): ... (or lambda t, x, args: ...)."
+        ) from None
 
 
 def check_batch_shape(x, name: str = "x0", owner: str | None = None) -> None:

@@ -163,6 +163,7 @@ def cached_training_data(
     atol: float = 1e-5,
     mesh: Mesh | None = None,
     chunk_size: int = CHUNK_SIZE,
+    progress: bool = False,
 ) -> TrainingData:
     """``make_training_data`` through the on-disk cache in ``cache_dir``.
 
@@ -173,7 +174,7 @@ def cached_training_data(
       model_id: the model's identity (e.g. ``bj.pretrained(name).identity``); default: a hash
         of the field's outputs on a fixed probe input.
       args, save_ts, rtol, atol: as in ``make_training_data``.
-      mesh, chunk_size: as in ``sharded_training_data`` (a miss is solved sharded).
+      mesh, chunk_size, progress: as in ``sharded_training_data`` (a miss is solved sharded).
 
     Returns:
       ``TrainingData`` of host arrays; ``nfe`` is what the solve cost when it was made.
@@ -181,7 +182,7 @@ def cached_training_data(
     Raises:
       ValueError: an entry of the same name whose contents do not match (see the module doc).
     """
-    options = dict(args=args, save_ts=save_ts, rtol=rtol, atol=atol, mesh=mesh)
+    options = dict(args=args, save_ts=save_ts, rtol=rtol, atol=atol, mesh=mesh, progress=progress)
     if usable_cache(cache_dir) is None:  # not writable: warned, solved without it
         return sharded_training_data(u, x0, chunk_size=chunk_size, **options)
     cache_dir = Path(cache_dir)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bespoke_jax.core.checks import MAX_NFE, finite_or_raise
+from bespoke_jax.core.checks import MAX_NFE, check_field, finite_or_raise
 from bespoke_jax.core.outputs import Velocity
 from bespoke_jax.solvers._grids import resolve_grid
 
@@ -69,7 +69,8 @@ class SolverSpec:
 
 
 def reports_nonfinite(rule: NFERule, default_grid: str = "uniform"):
-    """Decorate a solver so that a NaN/inf result raises ``RuntimeError`` naming where the field
+    """Decorate a solver so that a field that is not ``u(t, x, args)`` is named
+    (``check_field``), a NaN/inf result raises ``RuntimeError`` naming where the field
     first went non-finite (grid point and time of an Euler walk on the solver's grid), so that
     a ``Velocity`` field supplies its own scheduler (a different one is refused), and so that
     the solver's state keeps ``x0``'s dtype whatever the field returns (a bfloat16 network).
@@ -81,6 +82,7 @@ def reports_nonfinite(rule: NFERule, default_grid: str = "uniform"):
     def decorate(solver):
         @functools.wraps(solver)
         def checked(u, x0, *, nfe, args=None, scheduler=None, grid=None, **options):
+            check_field(u, f"bj.solvers.{solver.__name__}")
             if isinstance(u, Velocity):  # a wrapped model knows the path of its time
                 if scheduler is None:
                     scheduler = u.scheduler

@@ -43,6 +43,7 @@ def run_data(
     cache_dir=None,
     model_id: str | None = None,
     chunk_size: int = CHUNK_SIZE,
+    progress: bool = False,
 ) -> tuple[TrainingData, TrainingData]:
     """``(train_data, val_data)`` as host arrays for ``noise = (x0_train, x0_val)``.
 
@@ -50,13 +51,14 @@ def run_data(
     training, the family's need of a path); a missing one is solved by
     ``sharded_training_data``, or through ``cached_training_data`` with a ``cache_dir``.
     Training data keeps the path at ``family.save_ts``; validation data is pairs only.
+    ``progress`` draws a bar of the chunks solved and the model calls spent for each solve.
 
     Raises:
       ValueError: given data of other noise, or without the path the family's loss needs.
     """
 
     def solve(x0, a, save_ts):
-        kwargs = dict(args=a, save_ts=save_ts, rtol=rtol, atol=atol, mesh=mesh)
+        kwargs = dict(args=a, save_ts=save_ts, rtol=rtol, atol=atol, mesh=mesh, progress=progress)
         if cache_dir is None:
             return sharded_training_data(u, x0, chunk_size=chunk_size, **kwargs)
         return cached_training_data(

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from bespoke_jax.io.checkpoints import Checkpoints, TrainState
 from bespoke_jax.io.files import atomic_write
 from bespoke_jax.training.interrupt import interrupted
+from bespoke_jax.truth.progress import compiled
 
 
 @dataclasses.dataclass
@@ -110,23 +111,36 @@ class CheckpointEvery(Hook):
 
 
 class ProgressBar(Hook):
-    """A tqdm bar over the steps (process 0 only), with the latest metrics."""
+    """A tqdm bar over the steps (process 0 only), with the validation PSNR in dB.
+
+    It reads "compiling" until the first step returns, and its rate (and time left) counts
+    only the steps after it, so compilation is not taken for a slow step. The training loss
+    is not shown: it is each family's own quantity (BNS: a log-MSE, ``docs/bns.md``).
+    """
 
     def __init__(self, desc: str, start: int, total: int, enabled: bool = True):
+        self.desc = desc
+        self.compiling = True
         self.bar = tqdm(
-            initial=start, total=total, desc=desc, disable=not enabled or jax.process_index() != 0
+            initial=start,
+            total=total,
+            desc=f"{desc} (compiling)",
+            disable=not enabled or jax.process_index() != 0,
         )
 
     def evaluated(self, step: int, metrics: dict) -> None:
         self.bar.set_postfix(
-            loss=f"{metrics['loss']:.4g}",
-            val_psnr=f"{metrics['val_psnr']:.2f}",
-            best=f"{metrics['best_val_psnr']:.2f}",
+            val_psnr=f"{metrics['val_psnr']:.2f} dB",
+            best=f"{metrics['best_val_psnr']:.2f} dB",
             refresh=False,  # drawn with the step's update
         )
 
     def stepped(self, state: LoopState) -> None:
-        self.bar.update(1)
+        if not self.compiling:
+            self.bar.update(1)
+            return
+        self.compiling = False
+        compiled(self.bar, state.step, self.desc)
 
     def close(self) -> None:
         self.bar.close()

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bespoke_jax.core.checks import as_noise, check_train_settings
+from bespoke_jax.core.checks import as_noise, check_field, check_train_settings
 from bespoke_jax.families.base import Family, Params
 from bespoke_jax.io.checkpoints import Checkpoints, TrainState, claim_checkpoint_dir, claim_log
 from bespoke_jax.io.files import array_hash
@@ -262,11 +262,14 @@ def train(
       log_path: a JSON-lines log of the evaluations (default ``checkpoint_dir/log.jsonl``).
       on_eval: ``on_eval(step, metrics)`` after every evaluation, on every process, with
         ``metrics = {"loss", "val_psnr", "best_val_psnr", "wall_s"}``.
+      progress: tqdm bars: the ground truth's chunks solved and model calls, then the steps
+        with the validation PSNR in dB (the rate leaves out the first step's compilation).
 
     Raises:
       ValueError: inconsistent shapes, sizes or ground truth, or a ``checkpoint_dir`` of
         another run.
     """
+    check_field(u, "bj.train")
     x0_train, x0_val = _check_noise(x0_train, x0_val, args, val_args)
     check_train_settings(steps, learning_rate, data_range, rtol, atol)
     if checkpoint_dir is not None:  # outputs checked before any model call
@@ -283,6 +286,7 @@ def train(
     train_data, val_data = run_data(
         family, u, (x0_train, x0_val), (args, val_args), (train_data, val_data), mesh=mesh,
         rtol=rtol, atol=atol, cache_dir=cache_dir, model_id=model_id, chunk_size=chunk_size,
+        progress=progress,
     )  # fmt: skip
     update = make_update_step(
         family, u, config.optimizer, mesh, num_train=n, batch_size=config.batch_size,

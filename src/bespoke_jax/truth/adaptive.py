@@ -17,15 +17,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bespoke_jax.core.args import batch_axes
+from bespoke_jax.core.args import batch_axes, take
 from bespoke_jax.core.checks import (
     as_noise,
     check_count,
+    check_field,
     check_save_ts,
     check_tolerances,
     checked_field,
     nonfinite_message,
 )
+from bespoke_jax.truth.progress import ChunkBar
+
+# Samples per solve of a chunked solve (``ground_truth(progress=True)``, the sharded solve).
+CHUNK_SIZE = 32
 
 # Dopri5 is FSAL: 6 new stage evaluations per step after the first.
 _EVALS_PER_STEP = 6
@@ -126,6 +131,7 @@ def ground_truth(
     save_ts=None,
     max_steps: int = 4096,
     per_sample: bool = True,
+    progress: bool = False,
 ) -> GroundTruth:
     """Solve ``dx/dt = u(t, x, args)`` from ``x(0) = x0`` to t = 1 adaptively (Dopri5).
 
@@ -137,12 +143,17 @@ def ground_truth(
       save_ts: optional increasing ``(S,)`` times in [0, 1] at which to save the path.
       max_steps: accepted plus rejected steps allowed per sample.
       per_sample: each sample with its own step size (default) or one shared step.
+      progress: solve in chunks of ``CHUNK_SIZE`` samples (one, with ``per_sample=False``) with
+        a bar of the chunks solved and the model calls spent (``truth.progress.ChunkBar``).
+        Each sample keeps its own controller, so the result is the same up to float rounding
+        (XLA vectorises a chunk differently from the whole batch).
 
     Raises:
       ValueError: bad shapes or save times.
       RuntimeError: the model returned NaN/inf (with the time where it first did) or the
         solve did not converge within ``max_steps``.
     """
+    check_field(u, "bj.ground_truth")
     x0 = as_noise(x0, args)
     rtol, atol = check_tolerances(rtol, atol)
     max_steps = check_count(
@@ -151,23 +162,34 @@ def ground_truth(
     if save_ts is not None:
         save_ts = jnp.asarray(check_save_ts(save_ts, x0.dtype))
     axes_static = BatchAxes(args, x0.shape[0]) if per_sample else None
+    options = dict(rtol=rtol, atol=atol, max_steps=max_steps, per_sample=per_sample)
+    solve = functools.partial(solve_batch, u, save_ts=save_ts, axes=axes_static, **options)
     try:
-        x1, xs, steps = solve_batch(
-            u,
-            x0,
-            args,
-            save_ts,
-            rtol=rtol,
-            atol=atol,
-            max_steps=max_steps,
-            per_sample=per_sample,
-            axes=axes_static,
-        )
+        if progress:
+            x1, xs, steps = _in_chunks(solve, x0, args, CHUNK_SIZE if per_sample else len(x0))
+        else:
+            x1, xs, steps = solve(x0, args)
         x1 = jax.block_until_ready(x1)
     except Exception as err:  # jax wraps the runtime error in a backend-specific type
         raise named_failure(err, u, x0, args, rtol=rtol, atol=atol, max_steps=max_steps) from None
     nfe_per_sample = model_calls(steps)
     return GroundTruth(x1, int(nfe_per_sample.max()), nfe_per_sample, xs, save_ts)
+
+
+def _in_chunks(solve, x0: jax.Array, args, size: int):
+    """``solve(x0, args)`` chunk by chunk of ``size`` samples (the last one padded with copies of
+    the last sample), reporting each to a ``ChunkBar``."""
+    n = x0.shape[0]
+    parts = []
+    with ChunkBar(-(-n // size)) as bar:
+        for start in range(0, n, size):
+            rows = np.minimum(np.arange(start, start + size), n - 1)
+            x1, xs, steps = solve(x0[rows], take(args, rows, n))
+            keep = min(size, n - start)
+            parts.append((x1[:keep], None if xs is None else xs[:keep], steps[:keep]))
+            bar.solved(model_calls(parts[-1][2]))
+    x1, xs, steps = (None if p[0] is None else jnp.concatenate(p) for p in zip(*parts, strict=True))
+    return x1, xs, steps
 
 
 def model_calls(steps) -> np.ndarray:

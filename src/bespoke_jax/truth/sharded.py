@@ -29,13 +29,25 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bespoke_jax.core.args import is_per_sample
-from bespoke_jax.core.checks import as_noise, check_count, check_save_ts, check_tolerances
-from bespoke_jax.truth.adaptive import BatchAxes, model_calls, named_failure, solve_batch
+from bespoke_jax.core.checks import (
+    as_noise,
+    check_count,
+    check_field,
+    check_save_ts,
+    check_tolerances,
+)
+from bespoke_jax.truth.adaptive import (
+    CHUNK_SIZE,
+    BatchAxes,
+    model_calls,
+    named_failure,
+    solve_batch,
+)
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.paths import path_velocities
+from bespoke_jax.truth.progress import ChunkBar, chunk_solved
 
 AXIS = "batch"
-CHUNK_SIZE = 32
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -96,15 +108,17 @@ def to_host(tree):
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "u", "treedef", "rows", "axes", "mesh", "chunk_size", "rtol", "atol", "max_steps"
+        "u", "treedef", "rows", "axes", "mesh", "chunk_size", "rtol", "atol", "max_steps",
+        "progress",
     ),
 )  # fmt: skip
 def _solve_sharded(
-    x0, leaves, ts, *, u, treedef, rows, axes, mesh, chunk_size, rtol, atol, max_steps
+    x0, leaves, ts, *, u, treedef, rows, axes, mesh, chunk_size, rtol, atol, max_steps, progress
 ):
     """Per device: its rows in chunks of ``chunk_size``, each a per-sample Dopri5 solve.
 
-    ``leaves`` are the flat args, per-sample at the positions ``rows``; returns
+    ``leaves`` are the flat args, per-sample at the positions ``rows``; with ``progress`` each
+    solved chunk calls ``chunk_solved`` on the host (``jax.debug.callback``). Returns
     ``(x1, steps, xs, us)``, each split along the batch axis (``xs, us`` ``None`` without ``ts``).
     """
 
@@ -118,6 +132,8 @@ def _solve_sharded(
             x1, xs, steps = solve_batch(
                 u, xc, a, ts, rtol=rtol, atol=atol, max_steps=max_steps, per_sample=True, axes=axes
             )
+            if progress:
+                jax.debug.callback(_report_chunk, steps)
             if ts is None:
                 return x1, steps, None, None
             return x1, steps, xs, path_velocities(u, ts, xs, a)
@@ -134,6 +150,10 @@ def _solve_sharded(
     )(x0, leaves, ts)
 
 
+def _report_chunk(steps) -> None:
+    chunk_solved(model_calls(steps))
+
+
 def sharded_training_data(
     u: Callable,
     x0,
@@ -145,6 +165,7 @@ def sharded_training_data(
     max_steps: int = 4096,
     mesh: Mesh | None = None,
     chunk_size: int = CHUNK_SIZE,
+    progress: bool = False,
 ) -> TrainingData:
     """``make_training_data`` with the samples split over the devices of ``mesh``.
 
@@ -161,6 +182,8 @@ def sharded_training_data(
       rtol, atol, max_steps: as in ``ground_truth``.
       mesh: default ``data_mesh()`` (every visible device).
       chunk_size: samples per solve.
+      progress: a bar of the chunks solved and the model calls they spent (padding copies
+        included), ``truth.progress.ChunkBar``.
 
     Returns:
       ``TrainingData`` of host (NumPy) arrays, complete on every process.
@@ -169,6 +192,7 @@ def sharded_training_data(
       ValueError: bad shapes, save times or ``chunk_size``.
       RuntimeError: the model returned NaN/inf or a solve did not converge.
     """
+    check_field(u, "bj.sharded_training_data")
     x0 = np.asarray(as_noise(x0, args))
     rtol, atol = check_tolerances(rtol, atol)
     max_steps = check_count("max_steps", max_steps)
@@ -193,8 +217,12 @@ def sharded_training_data(
     ts = None if save_ts is None else jnp.asarray(save_ts)
     static = dict(u=u, treedef=treedef, rows=tuple(rows), axes=chunk_axes, mesh=mesh)
     static.update(chunk_size=chunk_size, rtol=rtol, atol=atol, max_steps=max_steps)
+    chunks = per_device // chunk_size * len(mesh.local_devices)
     try:
-        out = to_host(jax.block_until_ready(_solve_sharded(x0_dev, leaves_dev, ts, **static)))
+        with ChunkBar(chunks, enabled=progress):
+            out = _solve_sharded(x0_dev, leaves_dev, ts, progress=progress, **static)
+            out = to_host(jax.block_until_ready(out))
+            jax.effects_barrier()  # every chunk's report is in
     except Exception as err:  # jax wraps the runtime error in a backend-specific type
         raise named_failure(err, u, x0, args, rtol=rtol, atol=atol, max_steps=max_steps) from None
     x1, steps, xs, us = (None if y is None else y[:n] for y in out)
