@@ -211,12 +211,14 @@ def test_command_line_trains_evaluates_and_samples_over_a_range(tmp_path):
     assert result.exit_code == 0, result.output
     assert bj.load_solver(out)[0].guidance == RANGE
     assert_clean_error(invoke(*train, "--guidance-range", 0, 4, "--guidance", 1), "not both")
-    assert_clean_error(invoke("eval", out, "--n", 4), "[0, 4]", "--guidance")
-    result = invoke("eval", out, "--n", 4, "--guidance", 2.5)
+    assert_clean_error(invoke("eval", out, "--n", 4, "--model", model), "[0, 4]", "--guidance")
+    result = invoke("eval", out, "--n", 4, "--model", model, "--guidance", 2.5)
     assert result.exit_code == 0 and "bns_range-4 (saved)" in result.output, result.output
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = invoke("sample", out, "--n", 4, "--guidance", 6, "--out", tmp_path / "s")
+        result = invoke(
+            "sample", out, "--n", 4, "--model", model, "--guidance", 6, "--out", tmp_path / "s"
+        )
     assert result.exit_code == 0, result.output
     assert any("[0, 4]" in str(w.message) for w in caught)
 
