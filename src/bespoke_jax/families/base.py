@@ -84,3 +84,28 @@ class Family(Protocol):
     def config(self) -> dict:
         """JSON-serialisable hyper-parameters; ``family_from_config`` rebuilds the family."""
         ...
+
+
+def warmup_cosine(peak: float, steps: int) -> optax.Schedule:
+    """A linear warm-up over the first 5% of ``steps`` to ``peak``, then cosine decay to 0."""
+    return optax.warmup_cosine_decay_schedule(0.0, peak, steps // 20, steps, 0.0)
+
+
+class AdamDefaults:
+    """The defaults of a family trained with Adam on ``warmup_cosine(peak_learning_rate, steps)``
+    (a mixin: the family sets ``peak_learning_rate`` and has ``default_steps``)."""
+
+    peak_learning_rate: ClassVar[float]
+
+    def default_learning_rate(self, steps: int | None = None) -> optax.Schedule:
+        """``warmup_cosine(peak_learning_rate, steps)``; ``steps`` default ``default_steps``."""
+        return warmup_cosine(
+            self.peak_learning_rate, self.default_steps if steps is None else steps
+        )
+
+    def default_optimizer(
+        self, steps: int | None = None, learning_rate: float | optax.Schedule | None = None
+    ) -> optax.GradientTransformation:
+        """Adam at ``learning_rate``, default ``default_learning_rate(steps)``."""
+        rate = self.default_learning_rate(steps) if learning_rate is None else learning_rate
+        return optax.adam(rate)

@@ -34,6 +34,7 @@ from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.outputs import broadcast_scale
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.core.transforms import precondition
+from bespoke_jax.families.base import warmup_cosine
 from bespoke_jax.solvers.ns_coefficients import NSCoefficients, ns_coefficients
 from bespoke_jax.truth.data import TrainingData
 
@@ -112,8 +113,7 @@ class BNS:
         from a midpoint init, NFE 4-20; guided digits wanted 10x more).
         """
         steps = self.default_steps if steps is None else steps
-        peak = 8e-3 * (4.0 / self.nfe) ** 2
-        return optax.warmup_cosine_decay_schedule(0.0, peak, steps // 20, steps, 0.0)
+        return warmup_cosine(8e-3 * (4.0 / self.nfe) ** 2, steps)
 
     def coefficients(self, params) -> dict:
         """The NS coefficients of ``params``: ``{"grid": ts (n,), "a": (n + 1,), "b": (n, n)}``

@@ -39,7 +39,6 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 from bespoke_jax.core.checks import (
@@ -51,6 +50,7 @@ from bespoke_jax.core.checks import (
 )
 from bespoke_jax.core.metrics import per_sample_mse, rmse
 from bespoke_jax.core.transforms import ScaleTime
+from bespoke_jax.families.base import AdamDefaults
 from bespoke_jax.truth.data import TrainingData
 from bespoke_jax.truth.paths import NUM_POINTS, hermite, save_times
 
@@ -60,7 +60,7 @@ _STAGES = {"rk1": 1, "rk2": 2}
 
 
 @dataclasses.dataclass(frozen=True)
-class BST:
+class BST(AdamDefaults):
     """The BST family at a fixed NFE; build it with ``bst``.
 
     Attributes:
@@ -85,6 +85,7 @@ class BST:
 
     name: ClassVar[str] = "bst"
     optimizer_name: ClassVar[str] = "Adam"
+    peak_learning_rate: ClassVar[float] = 1e-2
     renamed_keys: ClassVar[dict[str, str]] = {"base": "source"}
 
     def __post_init__(self):
@@ -128,18 +129,6 @@ class BST:
         """The identity transform (``t = r``, ``t' = 1``, ``s = 1``, ``s' = 0``): plain RK1/RK2."""
         zeros = jnp.zeros((self.nfe,), dtype=jnp.result_type(float))
         return {"t": zeros[1:], "dt": zeros, "s": zeros, "ds": zeros}
-
-    def default_learning_rate(self, steps: int | None = None) -> optax.Schedule:
-        """Adam's learning rate: a short warm-up, then cosine decay to 0 over ``steps``."""
-        steps = self.default_steps if steps is None else steps
-        return optax.warmup_cosine_decay_schedule(0.0, 1e-2, steps // 20, steps, 0.0)
-
-    def default_optimizer(
-        self, steps: int | None = None, learning_rate: float | optax.Schedule | None = None
-    ) -> optax.GradientTransformation:
-        """Adam at ``learning_rate``, default ``default_learning_rate(steps)``."""
-        rate = self.default_learning_rate(steps) if learning_rate is None else learning_rate
-        return optax.adam(rate)
 
     def coefficients(self, params) -> dict:
         """The decoded transform on the grid ``r_j = j / m``.

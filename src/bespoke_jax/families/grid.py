@@ -23,17 +23,17 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from bespoke_jax.core.checks import require_scheduler
 from bespoke_jax.core.metrics import log_mse
 from bespoke_jax.core.schedulers import Scheduler
+from bespoke_jax.families.base import AdamDefaults
 from bespoke_jax.solvers import GRIDS, NAMES, SPECS, make_grid, steps_for
 from bespoke_jax.truth.data import TrainingData
 
 
 @dataclasses.dataclass(frozen=True)
-class LearnedGrid:
+class LearnedGrid(AdamDefaults):
     """The learned-grid family of one baseline at a fixed NFE; build it with ``learned_grid``.
 
     Attributes:
@@ -57,6 +57,7 @@ class LearnedGrid:
 
     name: ClassVar[str] = "grid"
     optimizer_name: ClassVar[str] = "Adam"
+    peak_learning_rate: ClassVar[float] = 3e-2
     renamed_keys: ClassVar[dict[str, str]] = {"solver": "source"}
 
     def __post_init__(self):
@@ -101,18 +102,6 @@ class LearnedGrid:
     def init(self) -> dict:
         """``{"grid": log(diff(initial))}``: the solver on its initial grid."""
         return {"grid": jnp.asarray(np.log(np.diff(self.initial)), jnp.result_type(float))}
-
-    def default_learning_rate(self, steps: int | None = None) -> optax.Schedule:
-        """A 5% warm-up to 3e-2, then cosine decay to 0 over ``steps``."""
-        steps = self.default_steps if steps is None else steps
-        return optax.warmup_cosine_decay_schedule(0.0, 3e-2, steps // 20, steps, 0.0)
-
-    def default_optimizer(
-        self, steps: int | None = None, learning_rate: float | optax.Schedule | None = None
-    ) -> optax.GradientTransformation:
-        """Adam at ``learning_rate``, default ``default_learning_rate(steps)``."""
-        rate = self.default_learning_rate(steps) if learning_rate is None else learning_rate
-        return optax.adam(rate)
 
     def coefficients(self, params) -> dict:
         """``{"grid": (N + 1,)}``: ``t_0 = 0``, ``t_{i+1} = t_i + softmax(p)_i``, ``t_N = 1``."""
