@@ -155,7 +155,7 @@ def demo(out, nfes, steps, quick, guidance, sigma0, overwrite):
     Examples:
       bespoke-jax demo
       bespoke-jax demo --nfe 4 --nfe 8 --steps 300 --out runs/demo-small
-      bespoke-jax demo --quick --out /tmp/smoke
+      bespoke-jax demo --quick --out runs/smoke
     """
     with _clear_errors():
         from bespoke_jax.app.demo import run_demo
