@@ -19,10 +19,11 @@ import bespoke_jax as bj
 from bespoke_jax import solvers
 from bespoke_jax.app import cli, jobs
 from bespoke_jax.app.cli import main
-from bespoke_jax.app.defaults import optimizer_name
+from bespoke_jax.app.defaults import DEMO_MODELS, optimizer_name
 from bespoke_jax.app.user_model import load_model
 from bespoke_jax.families.bst import BASES
 from bespoke_jax.io.files import params_sha256
+from bespoke_jax.models.pretrained import NAMES
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:mixture"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -170,6 +171,24 @@ def test_entry_point_contract(monkeypatch):
     assert (
         digits.forwards_per_call == 2 and load_model("digits", guidance=0.0).forwards_per_call == 1
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_shipped_model_runs_on_the_command_line(name):
+    model = load_model(name)
+    x = model.noise(jax.random.key(0), 3)
+    v = model.velocity(0.5, x, model.make_args(jax.random.key(1), 3))
+    assert v.shape == x.shape and np.all(np.isfinite(v)) and model.data_range > 0
+    assert model.forwards_per_call == (1 if model.guidance is None else 2)
+
+
+def test_demo_presets_name_shipped_models_and_spendable_nfes():
+    assert set(DEMO_MODELS) <= set(NAMES)
+    for preset in DEMO_MODELS.values():
+        settings = preset.settings
+        assert preset.nfes and all(n >= 2 and n % 2 == 0 for n in preset.nfes)  # RK2-BST
+        assert (settings.batch_size or 1) <= settings.n_train and preset.sigma0 > 0
+    assert_clean_error(invoke("demo", "--model", "nosuch"), "nosuch")
 
 
 # What a user owns, what a saved solver may run, interrupts and one-line errors.

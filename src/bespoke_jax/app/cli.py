@@ -14,6 +14,7 @@ import click
 
 from bespoke_jax.app.defaults import (
     DEFAULT_GUIDANCE,
+    DEMO_MODELS,
     DEMO_SIGMA0,
     FAMILY_NAMES,
     QUICK,
@@ -134,7 +135,18 @@ def main(debug):
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Report folder.")
 @click.option(
-    "--nfe", "nfes", type=int, multiple=True, help="Even NFE values (repeatable) [4, 8, 16]."
+    "--model",
+    type=click.Choice(sorted(DEMO_MODELS)),
+    default="digits",
+    show_default=True,
+    help="The shipped model.",
+)
+@click.option(
+    "--nfe",
+    "nfes",
+    type=int,
+    multiple=True,
+    help="Even NFE values (repeatable) [digits: 4, 8, 16; patches16: 8].",
 )
 @_steps_option
 @click.option("--quick", is_flag=True, help="Tiny settings for smoke tests (meaningless numbers).")
@@ -142,11 +154,14 @@ def main(debug):
     "--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="Classifier-free guidance w."
 )
 @click.option(
-    "--sigma0", default=DEMO_SIGMA0, show_default=True, help="BNS preconditioning sigma0."
+    "--sigma0",
+    type=float,
+    help=f"BNS preconditioning sigma0 [digits: {DEMO_SIGMA0:g}; patches16: "
+    f"{DEMO_MODELS['patches16'].sigma0:g}].",
 )
 @_overwrite_option
-def demo(out, nfes, steps, quick, guidance, sigma0, overwrite):
-    """Train BNS and RK2-BST solvers for the shipped digits model and write a report.
+def demo(out, model, nfes, steps, quick, guidance, sigma0, overwrite):
+    """Train BNS and RK2-BST solvers for a shipped model and write a report.
 
     Solves the ground truth once, trains one solver per family and NFE, runs every baseline
     at the same NFE, saves the solvers and writes report.md with plots into --out.
@@ -155,6 +170,7 @@ def demo(out, nfes, steps, quick, guidance, sigma0, overwrite):
     Examples:
       bespoke-jax demo
       bespoke-jax demo --nfe 4 --nfe 8 --steps 300 --out runs/demo-small
+      bespoke-jax demo --model patches16 --out runs/demo-patches16
       bespoke-jax demo --quick --out runs/smoke
     """
     with _clear_errors():
@@ -162,7 +178,8 @@ def demo(out, nfes, steps, quick, guidance, sigma0, overwrite):
 
         result = run_demo(
             out,
-            nfes=nfes or (4, 8, 16),
+            model=model,
+            nfes=nfes or None,
             steps=steps,
             quick=quick,
             guidance=guidance,
@@ -213,7 +230,7 @@ def _sigma0(sigma0, family, user, nfe, init, settings):
     "--guidance-range",
     type=float,
     nargs=2,
-    help="BNS: one solver for every guidance w in [W_MIN, W_MAX] (w uniform per sample).",
+    help="BNS: one solver for every guidance w in [W_MIN, W_MAX] (w per sample, arcsine law).",
 )
 @_steps_option
 @click.option(

@@ -46,6 +46,44 @@ class Settings:
 QUICK = Settings(n_train=4, n_val=4, n_test=4, steps=2, batch_size=4, eval_every=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoPreset:
+    """What ``bespoke-jax demo --model NAME`` runs for one shipped model.
+
+    Attributes:
+      nfes: the NFE values of the learned solvers and the baselines.
+      sigma0: BNS preconditioning.
+      settings: sizes and optimisation (``steps=None``: each family's default).
+      description: the report's sentence on the model.
+    """
+
+    nfes: tuple[int, ...]
+    sigma0: float
+    settings: Settings
+    description: str
+
+
+DEMO_MODELS = {
+    "digits": DemoPreset(
+        nfes=(4, 8, 16),
+        sigma0=DEMO_SIGMA0,
+        settings=Settings(),
+        description='`bj.pretrained("digits")`, 8x8 handwritten digits in [-1, 1], CondOT flow '
+        "matching (a velocity MLP).",
+    ),
+    # A guided UNet forward and backward costs milliseconds per sample on 2 CPU cores: fewer
+    # samples, 300 steps of batch 16 and NFE 8 keep the demo within 15 minutes there.
+    # sigma0 = 1 (none): bj.choose_sigma0's pick at NFE 8 from 0.1 .. 4 (BENCHMARKS.md).
+    "patches16": DemoPreset(
+        nfes=(8,),
+        sigma0=1.0,
+        settings=Settings(n_train=256, n_val=64, n_test=128, steps=300, batch_size=16),
+        description='`bj.pretrained("patches16")`, 16x16 RGB patches of seven photographs in '
+        '[-1, 1], a class-conditional conv UNet predicting the noise on `bj.ddpm("linear")`.',
+    ),
+}
+
+
 def default_steps(family) -> int:
     """The optimisation steps ``bj.train`` takes for ``family`` when none are given."""
     return int(getattr(family, "default_steps", FALLBACK_STEPS))

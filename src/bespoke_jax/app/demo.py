@@ -1,4 +1,4 @@
-"""The demo: BNS and RK2-BST solvers for the shipped digits model, compared with every baseline.
+"""The demo: BNS and RK2-BST solvers for a shipped model, compared with every baseline.
 
 It runs the jobs' pieces (``jobs.py``) on one shared ground truth per noise set and hands a
 ``report.DemoRecord`` to ``report.write_demo_report``.
@@ -18,7 +18,7 @@ from bespoke_jax import solvers
 from bespoke_jax.app import jobs
 from bespoke_jax.app.defaults import (
     DEFAULT_GUIDANCE,
-    DEMO_SIGMA0,
+    DEMO_MODELS,
     QUICK,
     Settings,
     default_steps,
@@ -41,28 +41,31 @@ class DemoResult:
       report: the ``report.md`` written.
       psnr: ``{solver: {nfe: dB}}`` on the test set, learned solvers first.
       trained: the trained solvers.
+      setup: the sizes and the ground truth's cost, as in the report.
       wall_s: wall time of the whole demo.
     """
 
     report: Path
     psnr: dict[str, dict[int, float]]
     trained: tuple[jobs.Trained, ...]
+    setup: DemoSetup
     wall_s: float
 
 
 def run_demo(
     out_dir="runs/demo",
     *,
-    nfes: Sequence[int] = (4, 8, 16),
+    model: str = "digits",
+    nfes: Sequence[int] | None = None,
     steps: int | None = None,
     quick: bool = False,
     guidance: float = DEFAULT_GUIDANCE,
-    sigma0: float = DEMO_SIGMA0,
+    sigma0: float | None = None,
     baselines: Sequence[str] | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> DemoResult:
-    """Learn BNS and RK2-BST solvers for the shipped digits model and write a report.
+    """Learn BNS and RK2-BST solvers for a shipped model and write a report.
 
     The ground truth of each noise set is solved once (and cached in ``out_dir``) for every
     family and NFE. Each learned solver is compared on held-out noise with every baseline that
@@ -71,11 +74,13 @@ def run_demo(
 
     Args:
       out_dir: the report folder: ``report.md``, PNG figures, ``solvers/``.
-      nfes: even NFE values (RK2-BST spends two per step).
-      steps: optimisation steps per solver (``None``: each family's default).
+      model: a name of ``DEMO_MODELS`` (``"digits"``, ``"patches16"``); its preset gives the
+        defaults below and the sizes.
+      nfes: even NFE values (RK2-BST spends two per step; ``None``: the preset's).
+      steps: optimisation steps per solver (``None``: the preset's, else each family's default).
       quick: tiny sizes and two baselines for smoke tests (the numbers mean nothing).
-      guidance: classifier-free guidance scale w of the digits model.
-      sigma0: BNS preconditioning (``DEMO_SIGMA0``: tuned on this model at w = 2).
+      guidance: classifier-free guidance scale w of the model.
+      sigma0: BNS preconditioning (``None``: the preset's, tuned on the model at w = 2).
       baselines: the baselines to compare with (default: every one; with ``quick``, Euler and
         midpoint).
       progress: tqdm bars: the ground truth's chunks and the training steps.
@@ -83,13 +88,18 @@ def run_demo(
         kept; one of the user's under a name in ``DEMO_OUTPUTS`` is refused).
     """
     start = time.perf_counter()
-    nfes, baselines = _checked(nfes, baselines, quick)
+    if model not in DEMO_MODELS:
+        raise ValueError(f"The demo runs on {sorted(DEMO_MODELS)}, got model {model!r}.")
+    preset = DEMO_MODELS[model]
+    sigma0 = preset.sigma0 if sigma0 is None else sigma0
+    nfes, baselines = _checked(preset.nfes if nfes is None else nfes, baselines, quick)
     claim_run_dir(out_dir, "demo", DEMO_OUTPUTS, overwrite=overwrite)
     out_dir = Path(out_dir)
+    settings = QUICK if quick else preset.settings
     settings = dataclasses.replace(
-        QUICK if quick else Settings(steps=steps), cache_dir=str(out_dir / "ground_truth")
+        settings, steps=steps or settings.steps, cache_dir=str(out_dir / "ground_truth")
     )
-    model = load_model("digits", guidance=guidance)
+    name, model = model, load_model(model, guidance=guidance)
     families = []
     for nfe in nfes:
         bns = jobs.make_family("bns", nfe, sigma0=sigma0, scheduler=model.scheduler)
@@ -97,7 +107,7 @@ def run_demo(
     steps = {f.name: settings.steps or default_steps(f) for f in families}
     steps_text = ", ".join(f"{name} {n}" for name, n in steps.items())
     jobs.log(
-        f"digits at guidance {guidance:g}; NFE {nfes}; steps per solver: {steps_text}; "
+        f"{name} at guidance {guidance:g}; NFE {nfes}; steps per solver: {steps_text}; "
         f"{settings.n_train}/{settings.n_val}/{settings.n_test} train/val/test samples"
     )
     sets, val, test = _ground_truth(model, families, settings, progress)
@@ -111,6 +121,8 @@ def run_demo(
     truth = np.asarray(test.data.x1)
     samples = {n: {"ground truth": truth, **learned_x1[n], **baseline_x1[n]} for n in nfes}
     setup = DemoSetup(
+        model=name,
+        description=preset.description,
         guidance=model.guidance,
         forwards_per_call=model.forwards_per_call,
         data_range=model.data_range,
@@ -124,7 +136,7 @@ def run_demo(
     report = write_demo_report(out_dir, DemoRecord(setup, psnr, samples, learned, skipped))
     wall = time.perf_counter() - start
     jobs.log(f"done in {wall:.0f} s: {report}")
-    return DemoResult(report, psnr, tuple(trained), wall)
+    return DemoResult(report, psnr, tuple(trained), setup, wall)
 
 
 def _learn(out_dir: Path, model: UserModel, families, noise, progress: bool):
@@ -153,10 +165,11 @@ def _learn(out_dir: Path, model: UserModel, families, noise, progress: bool):
 def _untrained(model: UserModel, families, test: jobs.NoiseSet) -> dict[str, dict[int, float]]:
     """Test PSNR ``{row: {nfe: dB}}`` of each preconditioned family (one with a ``source``
     solver and ``sigma0``: BNS) at ``init()``: its source solver on the preconditioned field,
-    so the tables show what learning adds on top of it."""
+    so the tables show what learning adds on top of it (none at ``sigma0 = 1``: that is the
+    source baseline's own row)."""
     psnr: dict[str, dict[int, float]] = {}
     for family in families:
-        if hasattr(family, "sigma0") and hasattr(family, "source"):
+        if getattr(family, "sigma0", 1.0) != 1.0 and hasattr(family, "source"):
             label = f"{family.source}, sigma0 = {family.sigma0:g}, untrained"
             x1 = jobs.sample(family, family.init(), model, test.x0, test.args)
             psnr.setdefault(label, {})[family.nfe] = jobs.psnr_against(x1, model, test)

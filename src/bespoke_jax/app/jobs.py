@@ -89,7 +89,7 @@ def make_family(family: str, nfe: int, *, init=None, sigma0=None, scheduler=None
 
 
 def with_guidance_draws(model: UserModel, family) -> UserModel:
-    """``model`` whose args give every sample its own guidance scale, drawn uniformly over
+    """``model`` whose args give every sample its own guidance scale, drawn over
     ``family.guidance`` (``family.draw_guidance``): training and validation over the range."""
 
     def make_args(key, n):

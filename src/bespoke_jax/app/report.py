@@ -64,7 +64,9 @@ class DemoSetup:
     """What the demo ran on, and what its ground truth cost.
 
     Attributes:
-      guidance: classifier-free guidance w of the digits model.
+      model: the shipped model's name.
+      description: a sentence on it (``DemoPreset.description``).
+      guidance: classifier-free guidance w.
       forwards_per_call: network passes per model call (2 with guidance).
       data_range: R of the PSNR.
       sigma0: BNS preconditioning.
@@ -76,6 +78,8 @@ class DemoSetup:
         report (compilation included).
     """
 
+    model: str
+    description: str
     guidance: float
     forwards_per_call: int
     data_range: float
@@ -143,7 +147,7 @@ def write_demo_report(out_dir, record: DemoRecord) -> Path:
     """The demo's figures and ``report.md`` in ``out_dir``; returns the report's path."""
     out_dir = Path(out_dir)
     setup = record.setup
-    title = f"digits, guidance {setup.guidance:g}"
+    title = f"{setup.model}, guidance {setup.guidance:g}"
     figure = figures.psnr_vs_nfe(record.psnr, data_range=setup.data_range, title=title)
     save_figure(figure, out_dir / "psnr_vs_nfe.png")
     for nfe, shown in record.samples.items():
@@ -164,12 +168,11 @@ def write_demo_report(out_dir, record: DemoRecord) -> Path:
 def _introduction(record: DemoRecord) -> list[str]:
     setup = record.setup
     return [
-        "# Bespoke solvers for the shipped digits model",
+        f"# Bespoke solvers for the shipped {setup.model} model",
         "",
-        f'Model: `bj.pretrained("digits")`, 8x8 handwritten digits in [-1, 1], CondOT flow '
-        f"matching, classifier-free guidance w = {setup.guidance:g} (one model call is "
-        f"{setup.forwards_per_call} network passes).",
-        f"Test set: {setup.n_test} noise samples (labels 0-9 in turn) never used in "
+        f"Model: {setup.description} Classifier-free guidance w = {setup.guidance:g} (one model "
+        f"call is {setup.forwards_per_call} network passes).",
+        f"Test set: {setup.n_test} noise samples (the class labels in turn) never used in "
         f"training. Ground truth: adaptive Dopri5, rtol = atol = 1e-5, up to "
         f"{setup.ground_truth_nfe} model calls per sample.",
         "PSNR against the ground truth, per sample then averaged, "
@@ -185,8 +188,9 @@ def _results(record: DemoRecord) -> list[str]:
         psnr_table(record.psnr, list(record.samples)),
         "BNS: bespoke non-stationary solver (midpoint init, preconditioned with sigma0 = "
         f"{record.setup.sigma0:g}); untrained: the same solver at its init, i.e. midpoint on "
-        "the preconditioned field, so the gap to BNS is what learning adds. BST: RK2 bespoke "
-        "scale-time solver. `-`: the solver cannot spend that NFE.",
+        "the preconditioned field (at sigma0 = 1 the midpoint row itself), so the gap to BNS "
+        "is what learning adds. BST: RK2 bespoke scale-time solver. `-`: the solver cannot "
+        "spend that NFE.",
         "",
         "![PSNR vs NFE](psnr_vs_nfe.png)",
         "",

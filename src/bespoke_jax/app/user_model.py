@@ -46,7 +46,8 @@ from bespoke_jax.core.checks import check_field
 from bespoke_jax.core.schedulers import Scheduler
 from bespoke_jax.models.pretrained import NAMES, pretrained
 
-_DATA_RANGES = {"digits": 2.0, "checkerboard": 4.0}  # pixels in [-1, 1]; points in [-2, 2]^2
+# pixels in [-1, 1]; points in [-2, 2]^2
+_DATA_RANGES = {"digits": 2.0, "patches16": 2.0, "checkerboard": 4.0}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
