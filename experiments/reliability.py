@@ -41,7 +41,8 @@ def squeezed(t, x, args):
 
 
 class Counted:
-    """A field counting its calls: 0 after a refusal means no model work was lost."""
+    """A field counting its calls (traces included): 0 after a refusal means no model work was
+    lost."""
 
     def __init__(self):
         self.calls = 0

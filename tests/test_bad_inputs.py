@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import bespoke_jax as bj
 from bespoke_jax.core.schedulers import scheduler_from_config
 from bespoke_jax.io.storage import params_sha256
+from experiments.reliability import Counted
 
 X0 = jnp.ones((2, 3))
 NAN = float("nan")
@@ -430,17 +431,6 @@ def test_save_solver_never_removes_unrelated_files(tmp_path_factory, names, cont
     except ValueError as err:
         assert "overwrite=True" in str(err) or "did not write" in str(err)
     assert snapshot(root, names) == before
-
-
-class Counted:
-    """A field that counts its calls (traces included): 0 means no model work was done."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, t, x, args):
-        self.calls += 1
-        return -x
 
 
 @pytest.mark.parametrize(
