@@ -13,9 +13,15 @@
 3. The degree ``K`` of the Chebyshev series in ``w``, on a guided 64-d mixture (conditional: 8
    of the 32 components; unconditional: all 32), NFE 8: held-out PSNR at each ``w``.
 
-Run ``python experiments/bench_guidance.py`` (``--quick`` for a smoke run; ``--steps``,
-``--n-train`` to size it); the tables are printed and written to ``runs/bench_guidance.md``,
-the plot of PSNR against ``w`` to ``docs/guidance_psnr.png``.
+4. The patches16 UNet at NFE 8 (``--part patches16``; fewer samples and scales, one range
+   solver): as 1.
+5. The sampling time of a range solver with one ``w`` per sample over a dedicated solver
+   (``--part timing``; digits, NFE 8 and 16, batches 64 and 256).
+
+Run ``python -m experiments.bench_guidance`` (``--part`` for one part, ``--quick`` for a smoke
+run; ``--steps``, ``--n-train`` to size it); each part's table is printed and written to
+``runs/bench_guidance_PART.md``, the plots of PSNR against ``w`` to
+``docs/guidance_psnr*.png``.
 """
 
 from __future__ import annotations
@@ -47,12 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RANGE = (0.0, 4.0)
 EVAL_WS = tuple(np.arange(0.0, 4.01, 0.5).tolist())
 DEDICATED_WS = (0.0, 2.0, 4.0)
-SIGMA0 = 0.5  # the demo's preconditioning for digits
 TOL = 1e-6
 GRID_DEGREE = 2  # of the grid-in-w experiment
 
 
-def train(family, u, x_train, x_val, train_args, val_args, steps, data=None):
+def train(family, u, x_train, x_val, train_args, val_args, steps, data=None, batch_size=None):
     """``bj.train`` with the family's default optimizer; ``(result, wall seconds)``."""
     start = time.perf_counter()
     data = data or {}
@@ -64,6 +69,7 @@ def train(family, u, x_train, x_val, train_args, val_args, steps, data=None):
         args=train_args,
         val_args=val_args,
         steps=steps,
+        batch_size=batch_size,
         eval_every=max(steps // 4, 1),
         train_data=data.get("train"),
         val_data=data.get("val"),
@@ -93,44 +99,72 @@ def evaluate_at(family, params, u, x_test, args_at, truth) -> dict:
     return {w: float(bj.psnr(sample(params, x_test, args_at(w)), x1)) for w, x1 in truth.items()}
 
 
-def digits_rows(
-    nfes, steps: int, n_train: int, n_val: int, n_test: int, out: Path, scale: int = 3
-) -> tuple[list, list]:
-    """Per-``w`` PSNR rows and per-solver cost rows on the digits model: range solvers with
-    ``steps`` (one dedicated solver's budget) and ``scale * steps`` (all of theirs)."""
-    model = bj.pretrained("digits")
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+    """What ``model_rows`` runs on one shipped model.
+
+    Attributes:
+      name: the shipped model; ``sigma0`` its BNS preconditioning (the demo's).
+      sizes: training, validation and test noise samples.
+      eval_ws: the scales of the evaluation.
+      budgets: ``{label: (multiple of steps, distribution of w)}`` of the range solvers.
+      batch_size: of every solver (``None``: the BNS default).
+    """
+
+    name: str
+    sigma0: float
+    sizes: tuple[int, int, int]
+    eval_ws: tuple[float, ...] = EVAL_WS
+    budgets: tuple = (
+        ("range", 1, "uniform"),
+        ("range, 3x steps", 3, "uniform"),
+        ("range, 3x steps, chebyshev draws", 3, "chebyshev"),
+    )
+    batch_size: int | None = None
+
+
+# A guided UNet step costs ~1 s at batch 16 on 2 CPU cores: fewer samples and scales, and one
+# range solver, trained with the dedicated solvers' total budget and the default draws.
+PATCHES16 = ModelRun(
+    "patches16", 1.0, (128, 32, 32), (0.0, 1.0, 2.0, 3.0, 4.0),
+    (("range, 3x steps", 3, "chebyshev"),), 16,
+)  # fmt: skip
+
+
+def model_rows(run: ModelRun, nfes, steps: int, out: Path) -> tuple[list, list]:
+    """Per-``w`` PSNR rows and per-solver cost rows on ``run.name``: range solvers with
+    multiples of ``steps`` (one dedicated solver's budget) next to dedicated solvers."""
+    model = bj.pretrained(run.name)
     u, scheduler = model.velocity, model.scheduler
-    x_train, x_val, x_test = noise_sets(model.shape, (n_train, n_val, n_test), seed=3)
+    n_train, n_val, n_test = run.sizes
+    eval_ws = run.eval_ws
+    x_train, x_val, x_test = noise_sets(model.shape, run.sizes, seed=3)
 
     def labels(n):
-        return jnp.arange(n) % 10
+        return jnp.arange(n) % model.num_classes
 
     def args_at(w, n=n_test):
         return model.args(labels(n), w)
 
     # Every w's ground truth in one solve: the test noise repeated, one w per sample.
-    ws = np.repeat(np.asarray(EVAL_WS, np.float32), n_test)
-    tiled = jnp.tile(x_test, (len(EVAL_WS), 1, 1))
-    tiled_args = model.args(jnp.tile(labels(n_test), len(EVAL_WS)), ws)
+    ws = np.repeat(np.asarray(eval_ws, np.float32), n_test)
+    tiled = jnp.tile(x_test, (len(eval_ws),) + (1,) * (x_test.ndim - 1))
+    tiled_args = model.args(jnp.tile(labels(n_test), len(eval_ws)), ws)
     x1 = bj.ground_truth(u, tiled, args=tiled_args, rtol=TOL, atol=TOL).x1
-    truth = {w: x1[i * n_test : (i + 1) * n_test] for i, w in enumerate(EVAL_WS)}
-    print(f"ground truth at {len(EVAL_WS)} scales done", flush=True)
+    truth = {w: x1[i * n_test : (i + 1) * n_test] for i, w in enumerate(eval_ws)}
+    print(f"ground truth at {len(eval_ws)} scales done", flush=True)
 
     rows, costs, found = [], [], {}
     key_train, key_val = jax.random.split(jax.random.key(4))
     shared_data = {w: {} for w in DEDICATED_WS}
     range_data: dict = {}  # ground truth by distribution of w
-    budgets = {  # (steps, distribution of w)
-        "range": (steps, "uniform"),
-        f"range, {scale}x steps": (scale * steps, "uniform"),
-        f"range, {scale}x steps, chebyshev draws": (scale * steps, "chebyshev"),
-    }
+    budgets = {label: (scale * steps, kind) for label, scale, kind in run.budgets}
     for nfe in nfes:
         base = {
             w: baseline_psnrs(u, x_test, truth[w], nfe, scheduler, args_at(w), runs=RUNS)
-            for w in EVAL_WS
+            for w in eval_ws
         }
-        family = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler, guidance=RANGE)
+        family = bj.bns(nfe, sigma0=run.sigma0, scheduler=scheduler, guidance=RANGE)
         draws = {
             kind: tuple(
                 model.args(labels(n), family.draw_guidance(key, n, kind))
@@ -140,8 +174,8 @@ def digits_rows(
         }
         per_sample = model.args(labels(n_test), jnp.linspace(*RANGE, n_test))
         ranged, dedicated, params = {}, {}, {}
-        fixed = bj.bns(nfe, sigma0=SIGMA0, scheduler=scheduler)
-        names = ["range", *DEDICATED_WS, *list(budgets)[1:]]  # the longest last
+        fixed = bj.bns(nfe, sigma0=run.sigma0, scheduler=scheduler)
+        names = [*list(budgets)[:1], *DEDICATED_WS, *list(budgets)[1:]]  # the longest last
         solvers = [(name, fixed if name in DEDICATED_WS else family) for name in names]
         for name, solver in solvers:
             n, kind = budgets.get(name, (steps, None))
@@ -149,7 +183,7 @@ def digits_rows(
                 data, fit_args = range_data.setdefault(kind, {}), draws[kind]
             else:
                 data, fit_args = shared_data[name], (args_at(name, n_train), args_at(name, n_val))
-            result, wall = train(solver, u, x_train, x_val, *fit_args, n, data)
+            result, wall = train(solver, u, x_train, x_val, *fit_args, n, data, run.batch_size)
             data.update(train=result.train_data, val=result.val_data)
             values = evaluate_at(solver, result.params, u, x_test, args_at, truth)
             params[name] = result.params
@@ -165,10 +199,10 @@ def digits_rows(
         ours = jax.jit(lambda p, x, a, f=family: f.sample(p, u, x, a))
         theirs = jax.jit(lambda p, x, a, f=fixed: f.sample(p, u, x, a))
         costs[-1]["time / dedicated"] = median_ratio(
-            (ours, (params["range"], x_test, per_sample)),
+            (ours, (params[list(budgets)[0]], x_test, per_sample)),
             (theirs, (params[DEDICATED_WS[-1]], x_test, args_at(DEDICATED_WS[-1]))),
         )
-        for w in EVAL_WS:
+        for w in eval_ws:
             best_name = max(base[w], key=base[w].get)
             row = {"NFE": nfe, "w": w}
             row.update({name: values[w] for name, values in ranged.items()})
@@ -182,6 +216,31 @@ def digits_rows(
                     row[f"{name} - dedicated"] = values[w] - dedicated[w][w]
             rows.append(row)
     return rows, costs
+
+
+def timing_rows(nfes=(8, 16), batches=(64, 256), repeats: int = 41) -> list:
+    """Sampling time of a range solver with one ``w`` per sample over a dedicated solver with
+    one ``w`` for the batch, on digits (time does not depend on the parameters' values: both at
+    ``init()``)."""
+    model = bj.pretrained("digits")
+    u, rows = model.velocity, []
+    for nfe in nfes:
+        ranged = bj.bns(nfe, sigma0=0.5, scheduler=model.scheduler, guidance=RANGE)
+        fixed = bj.bns(nfe, sigma0=0.5, scheduler=model.scheduler)
+        ours = jax.jit(lambda p, x, a, f=ranged: f.sample(p, u, x, a))
+        theirs = jax.jit(lambda p, x, a, f=fixed: f.sample(p, u, x, a))
+        for n in batches:
+            x = jax.random.normal(jax.random.key(n), (n, *model.shape))
+            labels = jnp.arange(n) % model.num_classes
+            per_sample = model.args(labels, jnp.linspace(*RANGE, n))
+            ratio = median_ratio(
+                (ours, (ranged.init(), x, per_sample)),
+                (theirs, (fixed.init(), x, model.args(labels, RANGE[1]))),
+                repeats,
+            )
+            rows.append({"NFE": nfe, "batch": n, "time / dedicated": ratio})
+            print(rows[-1], flush=True)
+    return rows
 
 
 def grid_cost(n: int = 64, repeats: int = 21) -> float:
@@ -267,7 +326,7 @@ def degree_rows(degrees, steps: int, sizes=(256, 128, 128), nfe: int = 8) -> lis
     return rows
 
 
-def plot(rows, path) -> Path:
+def plot(rows, model: str, path) -> Path:
     """PSNR against ``w``: the range solver, the best baseline and the dedicated solvers."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for nfe in sorted({row["NFE"] for row in rows}):
@@ -297,7 +356,7 @@ def plot(rows, path) -> Path:
         )
     ax.set_xlabel("guidance scale w")
     ax.set_ylabel("PSNR vs ground truth [dB], R = 2")
-    ax.set_title(f"digits: one BNS solver for w in [{RANGE[0]:g}, {RANGE[1]:g}]")
+    ax.set_title(f"{model}: one BNS solver for w in [{RANGE[0]:g}, {RANGE[1]:g}]")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
@@ -306,6 +365,7 @@ def plot(rows, path) -> Path:
 def mixture_text(degrees, steps: int, ratio: float) -> str:
     return "\n\n".join(
         [
+            "## One BNS solver for a range of guidance scales: the series in w",
             f"### Degree K of the series in w (guided 64-d mixture, NFE 8, {steps} steps)",
             "Held-out PSNR (dB, R = 2) at each w; 256 training pairs with w uniform on "
             "[0, 4], 128 validation, 128 test samples at each w. 'grid in w': the time grid, "
@@ -319,23 +379,25 @@ def mixture_text(degrees, steps: int, ratio: float) -> str:
     )
 
 
-def digits_text(rows, costs, steps: int, sizes, figure: Path) -> str:
+def model_text(run: ModelRun, rows, costs, steps: int, figure: Path) -> str:
+    draws = "; ".join(f"{label}: w {kind}" for label, _, kind in run.budgets)
     return "\n\n".join(
         [
-            "## One BNS solver for guidance w in [0, 4] on the digits model "
+            f"## One BNS solver for guidance w in [0, 4] on the {run.name} model "
             "(held-out PSNR, dB, R = 2)",
-            f"{steps} steps (range: also 3x, the three dedicated solvers' total), {sizes[0]} "
-            "training pairs (w uniform on [0, 4], one per pair), "
-            f"{sizes[1]} validation, {sizes[2]} test noise samples at each w; "
-            f"sigma0 = {SIGMA0:g}; Prodigy (the BNS default); dedicated solvers: same noise, "
-            "steps and optimizer, at one w.",
+            f"{steps} steps per dedicated solver, batch {run.batch_size or 'the BNS default'}; "
+            f"range solvers: {draws} (one draw per training pair; 3x steps: the three "
+            f"dedicated solvers' total); {run.sizes[0]} training pairs, {run.sizes[1]} "
+            f"validation, {run.sizes[2]} test noise samples at each w; sigma0 = "
+            f"{run.sigma0:g}; Prodigy (the BNS default); dedicated solvers: same noise, steps "
+            "and optimizer, at one w.",
             markdown(rows),
             "### Training cost and sampling time",
             markdown(costs),
             "model calls: sample-forwards of the guided field (ground truth, training, "
             "validation). time / dedicated: sampling the test batch with one w per sample "
-            "over a dedicated solver with one w.",
-            f"Plot: {figure.name}.",
+            "over a dedicated solver with one w (median of 21 interleaved runs).",
+            f"![PSNR against w](docs/{figure.name})",
         ]
     )
 
@@ -343,7 +405,9 @@ def digits_text(rows, costs, steps: int, sizes, figure: Path) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, meaningless numbers")
-    parser.add_argument("--part", choices=("all", "mixture", "digits"), default="all")
+    parser.add_argument(
+        "--part", choices=("all", "mixture", "digits", "patches16", "timing"), default="all"
+    )
     parser.add_argument("--nfe", type=int, action="append", help="NFE values [8, 16]")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--n-train", type=int, default=256)
@@ -355,23 +419,35 @@ def main(argv=None):
     nfes = options.nfe or ([4] if quick else [8, 16])
     sizes = (8, 8, 8) if quick else (options.n_train, 64, 64)
     out = Path(options.out)
-    start = time.perf_counter()
-    parts = []
+    parts = {}  # part: its BENCHMARKS.md section
     if options.part in ("all", "mixture"):
         degrees = degree_rows(options.degrees, steps, sizes=sizes if quick else (256, 128, 128))
-        parts.append(mixture_text(degrees, steps, grid_cost()))
+        parts["mixture"] = mixture_text(degrees, steps, grid_cost())
         atomic_write(out / "bench_guidance_mixture.json", json.dumps(degrees, indent=1))
-    if options.part in ("all", "digits"):
-        rows, costs = digits_rows(nfes, steps, *sizes, out)
-        atomic_write(out / "bench_guidance.json", json.dumps({"rows": rows, "costs": costs}))
-        figure = plot(
-            rows, out / "guidance_psnr.png" if quick else ROOT / "docs" / "guidance_psnr.png"
+    runs = {"digits": ModelRun("digits", 0.5, sizes), "patches16": PATCHES16}
+    for name, run in runs.items():
+        if options.part not in ("all", name):
+            continue
+        if quick:
+            run = dataclasses.replace(run, sizes=sizes, eval_ws=(0.0, 4.0), batch_size=None)
+        rows, costs = model_rows(run, nfes if name == "digits" else [8], steps, out)
+        atomic_write(
+            out / f"bench_guidance_{name}.json", json.dumps({"rows": rows, "costs": costs})
         )
-        parts.insert(0, digits_text(rows, costs, steps, sizes, figure))
-    text = "\n\n".join([*parts, f"Total time: {time.perf_counter() - start:.0f} s."])
-    print(text)
-    name = "bench_guidance" if options.part == "all" else f"bench_guidance_{options.part}"
-    atomic_write(out / f"{name}.md", text + "\n")
+        png = "guidance_psnr.png" if name == "digits" else f"guidance_psnr_{name}.png"
+        figure = plot(rows, run.name, out / png if quick else ROOT / "docs" / png)
+        parts[name] = model_text(run, rows, costs, steps, figure)
+    if options.part in ("all", "timing"):
+        timing = timing_rows(batches=(8,) if quick else (64, 256), repeats=3 if quick else 41)
+        parts["timing"] = (
+            "## Sampling with one guidance scale per sample (digits)\n\n"
+            "A range solver given one `w` per sample over a dedicated BNS solver given one `w` "
+            "for the batch (jitted, median of 41 interleaved runs each, at `init()`).\n\n"
+            + markdown(timing)
+        )
+    for name, text in parts.items():
+        print(text)
+        atomic_write(out / f"bench_guidance_{name}.md", text + "\n")
 
 
 if __name__ == "__main__":

@@ -21,16 +21,26 @@ from bespoke_jax.io.files import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = (
     "bench_demo",
+    "bench_patches16",  # after the demo: it reads the demo's ground-truth cache
     "bench_baselines",
     "bench_bst",
     "bench_bns",
     "bench_costs",
     "bench_grid",
+    "bench_sigma0",
     "bench_guidance",
     "bench_cli",
 )
 # The tables a benchmark writes to runs/, when not runs/NAME.md.
-TABLES = {"bench_guidance": ("bench_guidance_mixture", "bench_guidance_digits")}
+TABLES = {
+    "bench_demo": ("bench_demo", "bench_demo_patches16"),
+    "bench_guidance": (
+        "bench_guidance_digits",
+        "bench_guidance_patches16",
+        "bench_guidance_mixture",
+        "bench_guidance_timing",
+    ),
+}
 # The accelerator run (experiments/device_check.py) writes its section on the machine it ran on.
 GPU_SECTION = ROOT / "runs" / "device_check" / "gpu_section.md"
 NO_GPU_RUN = """## GPU run
