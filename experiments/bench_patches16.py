@@ -111,11 +111,13 @@ def main(argv=None) -> None:
         [
             "## Learned solvers on patches16: the CPU budget and memory",
             "### PSNR the demo's setting loses (BNS, NFE 8, guidance 2, held-out PSNR, dB, R = 2)",
-            markdown_table(["run", "steps", "batch", "samples seen", "PSNR", "wall s"], budget),
+            markdown_table(
+                ["run", "steps", "batch", "samples seen", "PSNR", "wall s"], budget
+            ).rstrip(),
             f"The demo's setting is {loss:.2f} dB below the run with four times the samples "
             "(same noise sets and ground truth).",
             f"### Peak host memory of BNS training at NFE {MEMORY_NFE} (batch {MEMORY_BATCH}, MiB)",
-            markdown_table(["remat", "peak before training", "peak"], memory),
+            markdown_table(["remat", "peak before training", "peak"], memory).rstrip(),
             "Each row is a fresh process (`ru_maxrss`); the budget is 8 GB (8192 MiB).",
             f"Total time: {time.perf_counter() - start:.0f} s.",
         ]

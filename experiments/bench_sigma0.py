@@ -30,7 +30,7 @@ NFE, BRIEF = 8, 25
 MODELS = {
     "checkerboard": (None, 4.0, (256, 128, 256), 300, 40),
     "digits": (2.0, 2.0, (256, 128, 256), 300, 40),
-    "patches16": (2.0, 2.0, (128, 32, 64), 150, 16),
+    "patches16": (2.0, 2.0, (128, 32, 64), 100, 8),
 }
 
 
@@ -88,7 +88,7 @@ def main() -> None:
             f"(default) or after {BRIEF} training steps; the sweep trains a BNS solver at every "
             f"candidate ({sweep}) and scores it on held-out noise. Guidance 2 for digits and "
             "patches16; checkerboard is unconditional (R = 4).",
-            markdown_table(header, rows),
+            markdown_table(header, rows).rstrip(),
             f"Total time: {time.perf_counter() - start:.0f} s.",
         ]
     )
