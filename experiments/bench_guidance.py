@@ -339,7 +339,7 @@ def plot(rows, model: str, path) -> Path:
             ws, [row["best baseline"] for row in mine], "--", label=f"best baseline, NFE {nfe}"
         )
         ranged = [k for k in mine[0] if k.startswith("range") and " - " not in k]
-        for name, marker in zip(ranged, ("o-", "^-", "v-"), strict=True):
+        for name, marker in zip(ranged, ("o-", "^-", "v-")[: len(ranged)], strict=True):
             ax.plot(
                 ws,
                 [row[name] for row in mine],
