@@ -48,7 +48,7 @@ def run(model: str) -> str:
     steps = (
         f"{settings.steps} steps of batch {settings.batch_size}"
         if settings.steps
-        else ("each family's default steps and batch")
+        else "each family's default steps and batch"
     )
     text = "\n\n".join(
         [

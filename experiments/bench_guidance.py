@@ -38,6 +38,7 @@ import matplotlib
 import numpy as np
 
 import bespoke_jax as bj
+from bespoke_jax.app.defaults import DEMO_MODELS
 from bespoke_jax.app.report import save_figure
 from bespoke_jax.core.args import batch_axes
 from bespoke_jax.families.bns import BNS
@@ -129,7 +130,7 @@ class ModelRun:
 # finish in 20 minutes there: fewer samples and scales, the demo's tolerance, and one range
 # solver, trained with the dedicated solvers' total budget and the default draws.
 PATCHES16 = ModelRun(
-    "patches16", 1.0, (128, 32, 16), (0.0, 2.0, 4.0),
+    "patches16", DEMO_MODELS["patches16"].sigma0, (128, 32, 16), (0.0, 2.0, 4.0),
     (("range, 3x steps", 3, "chebyshev"),), 16, 1e-5,
 )  # fmt: skip
 
@@ -228,8 +229,9 @@ def timing_rows(nfes=(8, 16), batches=(64, 256), repeats: int = 41) -> list:
     model = bj.pretrained("digits")
     u, rows = model.velocity, []
     for nfe in nfes:
-        ranged = bj.bns(nfe, sigma0=0.5, scheduler=model.scheduler, guidance=RANGE)
-        fixed = bj.bns(nfe, sigma0=0.5, scheduler=model.scheduler)
+        sigma0 = DEMO_MODELS["digits"].sigma0
+        ranged = bj.bns(nfe, sigma0=sigma0, scheduler=model.scheduler, guidance=RANGE)
+        fixed = bj.bns(nfe, sigma0=sigma0, scheduler=model.scheduler)
         ours = jax.jit(lambda p, x, a, f=ranged: f.sample(p, u, x, a))
         theirs = jax.jit(lambda p, x, a, f=fixed: f.sample(p, u, x, a))
         for n in batches:
@@ -428,7 +430,10 @@ def main(argv=None):
         degrees = degree_rows(options.degrees, steps, sizes=sizes if quick else (256, 128, 128))
         parts["mixture"] = mixture_text(degrees, steps, grid_cost())
         atomic_write(out / "bench_guidance_mixture.json", json.dumps(degrees, indent=1))
-    runs = {"digits": ModelRun("digits", 0.5, sizes), "patches16": PATCHES16}
+    runs = {
+        "digits": ModelRun("digits", DEMO_MODELS["digits"].sigma0, sizes),
+        "patches16": PATCHES16,
+    }
     for name, run in runs.items():
         if options.part not in ("all", name):
             continue

@@ -47,13 +47,16 @@ def model_rows(name: str) -> list[list]:
                      (x_train, x_val, x_test))  # fmt: skip
     val = bj.ground_truth(u, x_val, args=args[1], progress=False).x1
     test = bj.ground_truth(u, x_test, args=args[2], progress=False).x1
+    train_data = bj.TrainingData(
+        x_train, bj.ground_truth(u, x_train, args=args[0], progress=False).x1
+    )  # one solve for the brief picks and the sweep
     common = {"nfe": NFE, "scheduler": scheduler, "args": args[1], "x1_val": val}
     untrained = bj.choose_sigma0(u, x_val, data_range=data_range, **common)
     brief = bj.choose_sigma0(
         u, x_val, data_range=data_range, steps=BRIEF, x0_train=x_train, train_args=args[0],
-        **common,
+        train_data=train_data, **common,
     )  # fmt: skip
-    rows, train_data = [], None
+    rows = []
     for sigma0 in SIGMA0_CANDIDATES:
         family = bj.bns(NFE, sigma0=sigma0, scheduler=scheduler)
         start = time.perf_counter()
@@ -63,7 +66,6 @@ def model_rows(name: str) -> list[list]:
             train_data=train_data, val_data=bj.TrainingData(x_val, val), progress=False,
         )  # fmt: skip
         wall = time.perf_counter() - start
-        train_data = result.train_data
         x1 = jax.jit(lambda p, x, a, f=family: f.sample(p, u, x, a))(result.params, x_test, args[2])
         swept = float(bj.psnr(x1, test, data_range))
         rows.append([name, sigma0, untrained.psnr[sigma0], brief.psnr[sigma0], swept, wall])

@@ -54,6 +54,7 @@ def choose_sigma0(
     steps: int = 0,
     x0_train=None,
     train_args=None,
+    train_data: TrainingData | None = None,
 ) -> Sigma0Choice:
     """The preconditioning scale of ``bj.bns(nfe, init=init, sigma0=...)`` for field ``u``.
 
@@ -69,6 +70,8 @@ def choose_sigma0(
       data_range: the PSNR's data range.
       steps: training steps per candidate (0: untrained).
       x0_train, train_args: training noise and its args (needed when ``steps > 0``).
+      train_data: the ground truth of ``x0_train`` (``None``: solved once here, for every
+        candidate).
 
     Returns:
       ``Sigma0Choice``: the best candidate and every candidate's validation PSNR.
@@ -85,7 +88,7 @@ def choose_sigma0(
         x1_val = ground_truth(u, x0_val, args=args).x1
     if steps and x0_train is None:
         raise ValueError("steps > 0 trains each candidate briefly: pass x0_train.")
-    scores, train_data, val_data = {}, None, TrainingData(x0_val, x1_val)
+    scores, val_data = {}, TrainingData(x0_val, x1_val)
     for c, family in families.items():
         if steps:
             result = train(
